@@ -1,0 +1,83 @@
+"""The root config: one typed schema per stage, registered with Hydra, composed from `configs/`.
+
+Scripts call `load_config(dictcfg)`; library code only ever sees the frozen dataclasses.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from circuitdecomp.decomp.config import DecompositionConfig
+from circuitdecomp.evaluate.config import EvaluationConfig
+from circuitdecomp.frozen import Frozen, check
+from circuitdecomp.target.config import ResidMLPConfig, TargetConfig, TMSConfig
+from circuitdecomp.tracking import TrackingConfig
+from circuitdecomp.world.config import WorldConfig
+
+
+@dataclass
+class Config(Frozen):
+    """Everything a run needs; `seed` seeds world, target and decomposition."""
+
+    world: WorldConfig = MISSING
+    target: TargetConfig = MISSING
+    decomposition: DecompositionConfig = MISSING
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 0
+    name: str = "run"
+
+    def __post_init__(self) -> None:
+        check(self.seed >= 0, f"seed={self.seed} must be >= 0")
+        super().__post_init__()
+
+
+def register() -> None:
+    """Put every schema into Hydra's ConfigStore; YAML files in `configs/` extend these."""
+    cs = ConfigStore.instance()
+    cs.store(name="schema", node=Config)
+    cs.store(group="world", name="schema", node=WorldConfig)
+    cs.store(group="target", name="schema_tms", node=TMSConfig)
+    cs.store(group="target", name="schema_resid_mlp", node=ResidMLPConfig)
+    cs.store(group="decomposition", name="schema", node=DecompositionConfig)
+    cs.store(group="evaluation", name="schema", node=EvaluationConfig)
+    cs.store(group="tracking", name="schema", node=TrackingConfig)
+
+
+register()
+
+
+def unknown_keys(node: DictConfig, path: str = "") -> list[str]:
+    """Keys present in `node` but absent from its dataclass schema (`+key=value` gets past Hydra)."""
+    found = []
+    schema = OmegaConf.get_type(node)
+    if dataclasses.is_dataclass(schema):
+        names = {f.name for f in dataclasses.fields(schema)}
+        found += [f"{path}{k}" for k in node.keys() if k not in names]
+    for k, v in node.items_ex(resolve=False):
+        if isinstance(v, DictConfig):
+            found += unknown_keys(v, f"{path}{k}.")
+        elif isinstance(v, ListConfig):
+            found += [u for i, item in enumerate(v) if isinstance(item, DictConfig) for u in unknown_keys(item, f"{path}{k}[{i}].")]
+    return found
+
+
+def load_config(dcfg: DictConfig) -> Config:
+    """Hydra's DictConfig -> frozen dataclasses, refusing keys the schema does not know."""
+    extra = unknown_keys(dcfg)
+    if extra:
+        raise ValueError(f"unknown config key(s) {extra}: check the spelling; `python scripts/<script>.py --cfg job` lists every key")
+    cfg = OmegaConf.to_object(dcfg)
+    if not isinstance(cfg, Config):
+        raise TypeError(f"config root is {type(cfg).__name__}, expected Config: does configs/config.yaml start from 'schema'?")
+    return cfg
+
+
+def config_dict(cfg: Config) -> dict[str, Any]:
+    """Plain dict of a config (for wandb and config.yaml)."""
+    from circuitdecomp.runio import to_plain
+
+    return to_plain(cfg)

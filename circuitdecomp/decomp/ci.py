@@ -1,0 +1,78 @@
+"""Causal-importance functions and the leaky hard sigmoids that bound them to [0, 1]."""
+
+from typing import Any
+
+import einops
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+
+
+class _LowerLeakyHardSigmoid(torch.autograd.Function):
+    """clamp(x, 0, 1) forward; below 0 the gradient leaks (alpha * grad) only when it pushes x up."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, alpha: float) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.alpha = alpha
+        return x.clamp(0.0, 1.0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (x,) = ctx.saved_tensors
+        below = torch.where(grad < 0, ctx.alpha * grad, torch.zeros_like(grad))
+        inside = torch.where(x <= 1, grad, torch.zeros_like(grad))
+        return torch.where(x <= 0, below, inside), None
+
+
+def lower_leaky_hard_sigmoid(x: Tensor, alpha: float) -> Tensor:
+    """CI used for masks: exactly in [0, 1], so a component with g=0 can be fully ablated."""
+    return _LowerLeakyHardSigmoid.apply(x, alpha)
+
+
+def upper_leaky_hard_sigmoid(x: Tensor, alpha: float) -> Tensor:
+    """CI used by the minimality loss: leaks above 1 so over-confident importances still get pushed down."""
+    return torch.where(x > 1, 1 + alpha * (x - 1), x.clamp(0.0, 1.0))
+
+
+def _kaiming(shape: tuple[int, ...], fan_in: int, gain: float) -> Tensor:
+    return torch.randn(shape) * (gain / fan_in**0.5)
+
+
+class PerComponentMLP(nn.Module):
+    """C independent scalar MLPs, one per component: pre-activation_c = MLP_c(h_c), h_c = x . V_c (the paper)."""
+
+    def __init__(self, C: int, hidden: list[int]) -> None:
+        super().__init__()
+        widths = [1, *hidden, 1]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for i, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
+            gain = 2**0.5 if i < len(widths) - 2 else 1.0
+            self.weights.append(nn.Parameter(_kaiming((C, d_in, d_out), d_in, gain)))
+            self.biases.append(nn.Parameter(torch.zeros(C, d_out)))
+
+    def forward(self, acts: Float[Tensor, "*batch C"], x: Tensor | None = None) -> Float[Tensor, "*batch C"]:
+        # First layer has fan-in 1: a broadcast multiply is much cheaper than a batched matmul.
+        h = acts.unsqueeze(-1) * self.weights[0][:, 0] + self.biases[0]
+        for W, b in zip(self.weights[1:], self.biases[1:]):
+            h = einops.einsum(F.gelu(h), W, "... C d_in, C d_in d_out -> ... C d_out") + b
+        return h.squeeze(-1)
+
+
+class SharedMLP(nn.Module):
+    """One MLP from the whole module input to C pre-activations (sees more than x . V_c)."""
+
+    def __init__(self, C: int, d_in: int, hidden: list[int]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        widths = [d_in, *hidden]
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(a, b), nn.GELU()]
+        layers.append(nn.Linear(widths[-1], C))
+        nn.init.zeros_(layers[-1].bias)
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, acts: Float[Tensor, "*batch C"], x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch C"]:
+        return self.net(x)

@@ -1,0 +1,134 @@
+"""A decomposable leaf replaced by rank-1 subcomponents: W = sum_c U_c V_c^T (+ the delta W - VU)."""
+
+from dataclasses import dataclass, field
+
+import einops
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from circuitdecomp.decomp.adapters import WeightKind, bias_of, weight_kind, weight_matrix
+
+
+@dataclass(frozen=True)
+class MaskInfo:
+    """Masks for one module in one forward pass; leading dims match the module's input positions."""
+
+    mask: Float[Tensor, "*batch C"]
+    delta_mask: Float[Tensor, "*batch"] | None = None  # None: the delta component is left out
+    route: Tensor | None = None  # bool [*batch]; False -> that position uses the target weights
+
+
+@dataclass
+class PassState:
+    """Shared by every decomposed module of one ComponentModel during one forward pass.
+
+    A target pass (`recording`) stores each module's input and output. In a masked pass, a module whose
+    input cannot have changed yet (no masked module has run earlier in this pass: the model is a pure
+    function of its input) reuses them: no recomputation of x.V or of the frozen layer.
+    """
+
+    recording: bool = False
+    masks: dict[str, MaskInfo] = field(default_factory=dict)
+    dirty: bool = False
+    calls: dict[str, int] = field(default_factory=dict)
+    inputs: dict[tuple[str, int], Tensor] = field(default_factory=dict)
+    outputs: dict[tuple[str, int], Tensor] = field(default_factory=dict)
+    acts: dict[tuple[str, int], tuple[int, Tensor]] = field(default_factory=dict)
+
+    def begin(self, recording: bool, masks: dict[str, MaskInfo]) -> None:
+        self.recording, self.masks, self.dirty, self.calls = recording, masks, False, {}
+        if recording:
+            self.inputs, self.outputs, self.acts = {}, {}, {}
+
+
+class DecomposedModule(nn.Module):
+    """Stands in for a Linear / Conv1D / Embedding leaf; with no mask it *is* the frozen target leaf."""
+
+    def __init__(self, path: str, base: nn.Module, C: int, state: PassState) -> None:
+        super().__init__()
+        kind = weight_kind(base)
+        if kind is None:
+            raise TypeError(f"'{path}' is a {type(base).__name__}; only Linear, Conv1D and Embedding can be decomposed")
+        W = weight_matrix(base).detach()
+        self.path, self.kind, self.C = path, kind, C
+        self.d_out, self.d_in = W.shape
+        self.base = base
+        self.V = nn.Parameter(torch.randn(self.d_in, C, dtype=W.dtype, device=W.device) / self.d_in**0.5)
+        self.U = nn.Parameter(torch.randn(C, self.d_out, dtype=W.dtype, device=W.device) / C**0.5)
+        self._state = [state]  # a list, so nn.Module does not register it
+
+    # Bridge code reads these from the module it wraps.
+    @property
+    def weight(self) -> Tensor:
+        return self.base.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return getattr(self.base, "bias", None)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("base"), name)
+
+    def target_weight(self) -> Float[Tensor, "d_out d_in"]:
+        return weight_matrix(self.base)
+
+    def component_weight(self) -> Float[Tensor, "d_out d_in"]:
+        return einops.einsum(self.V, self.U, "d_in C, C d_out -> d_out d_in")
+
+    def weight_delta(self) -> Float[Tensor, "d_out d_in"]:
+        return self.target_weight() - self.component_weight()
+
+    def component_acts(self, x: Tensor) -> Float[Tensor, "*batch C"]:
+        """h = x . V (for an embedding: the rows V[token])."""
+        if self.kind is WeightKind.embedding:
+            return self.V[x]
+        return x @ self.V
+
+    def cached_acts(self, key: tuple[str, int]) -> Tensor:
+        """x . V on the recorded input, computed once per V (in-place updates of V bump its version)."""
+        state = self._state[0]
+        version, acts = state.acts.get(key, (-1, None))
+        if version != self.V._version:
+            acts = self.component_acts(state.inputs[key])
+            state.acts[key] = (self.V._version, acts)
+        return acts
+
+    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        state = self._state[0]
+        k = state.calls.get(self.path, 0)
+        state.calls[self.path] = k + 1
+        key = (self.path, k)
+        if state.recording:
+            y = self.base(x, *args, **kwargs)
+            state.inputs[key], state.outputs[key] = x, y
+            return y
+        clean = not state.dirty and key in state.outputs
+        info = state.masks.get(self.path)
+        if info is None:
+            return state.outputs[key] if clean else self.base(x, *args, **kwargs)
+        acts = self.cached_acts(key) if clean else self.component_acts(x)
+        y = state.outputs[key] if clean else self.base(x, *args, **kwargs)
+        state.dirty = True
+        return self.masked_output(acts, y, info)
+
+    def masked_output(self, acts: Tensor, y: Tensor, info: MaskInfo) -> Tensor:
+        """(h * m) U + m_delta * (x Delta^T) + b, computed as (h * (m - m_delta)) U + m_delta (y - b) + b.
+
+        y is the frozen layer's output on the same input, so x Delta^T = (y - b) - h U needs no extra matmul.
+        """
+        b = bias_of(self.base)
+        if info.delta_mask is None:
+            out = (acts * info.mask) @ self.U
+            out = out if b is None else out + b
+        else:
+            dm = info.delta_mask.unsqueeze(-1)
+            y_nob = y if b is None else y - b
+            out = (acts * (info.mask - dm)) @ self.U + dm * y_nob
+            out = out if b is None else out + b
+        if info.route is not None:
+            out = torch.where(info.route.unsqueeze(-1), out, y)
+        return out

@@ -1,0 +1,134 @@
+"""ComponentModel: any nn.Module with chosen leaves swapped for decomposed twins, plus their CI functions."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from circuitdecomp.decomp.adapters import find_slots, insert_identity, match_slots
+from circuitdecomp.decomp.ci import PerComponentMLP, SharedMLP, lower_leaky_hard_sigmoid, upper_leaky_hard_sigmoid
+from circuitdecomp.decomp.components import DecomposedModule, MaskInfo, PassState
+from circuitdecomp.decomp.config import CIFnType, DecompositionConfig
+
+
+@dataclass(frozen=True)
+class CausalImportance:
+    """Per module: `lower` in [0, 1] drives the masks; `upper` (leaky above 1) feeds the minimality loss."""
+
+    lower: dict[str, Float[Tensor, "*batch C"]]
+    upper: dict[str, Float[Tensor, "*batch C"]]
+
+
+def default_output(out: Any) -> Tensor:
+    """A model's output tensor: the tensor itself, or `.logits` of a HF-style output object."""
+    if isinstance(out, Tensor):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits
+    raise TypeError(f"model returned {type(out).__name__}; pass output_fn to pick the tensor to reconstruct")
+
+
+def _key(path: str) -> str:
+    return path.replace(".", "::")  # ModuleDict keys may not contain dots
+
+
+class ComponentModel(nn.Module):
+    """Wraps a frozen target; `forward(batch, masks)` runs it with masked components substituted."""
+
+    def __init__(self, target: nn.Module, cfg: DecompositionConfig, output_fn: Callable[[Any], Tensor] = default_output) -> None:
+        super().__init__()
+        if not cfg.modules:
+            raise ValueError("decomposition.modules is empty: give at least one {pattern, C}")
+        target.eval()  # masked passes reuse cached activations: the target must be deterministic
+        for path in cfg.identity_before:
+            insert_identity(target, path)
+        target.requires_grad_(False)
+        self.target = target
+        self.output_fn = output_fn
+        self.leak = cfg.leak
+        self.state = PassState()
+        slots = find_slots(target)
+        matched = match_slots(slots, [spec.pattern for spec in cfg.modules])
+        C_of: dict[str, int] = {}
+        for spec in cfg.modules:  # later patterns override earlier ones, like config overrides
+            for path in matched[spec.pattern]:
+                C_of[path] = spec.C
+        self.paths = [p for p in slots if p in C_of]  # model order
+        self.components = nn.ModuleDict()
+        self.ci_fns = nn.ModuleDict()
+        self._slots = {p: slots[p] for p in self.paths}
+        self._originals: dict[str, nn.Module] = {}
+        for path in self.paths:
+            base = slots[path].get()
+            comp = DecomposedModule(path, base, C_of[path], self.state)
+            self.components[_key(path)] = comp
+            match cfg.ci_fn:
+                case CIFnType.mlp:
+                    self.ci_fns[_key(path)] = PerComponentMLP(C_of[path], list(cfg.ci_hidden))
+                case CIFnType.shared_mlp:
+                    d_in = comp.C if comp.kind.value == "embedding" else comp.d_in
+                    self.ci_fns[_key(path)] = SharedMLP(C_of[path], d_in, list(cfg.ci_hidden))
+            self._originals[path] = base
+        self.attach()
+
+    def component(self, path: str) -> DecomposedModule:
+        return self.components[_key(path)]
+
+    def attach(self) -> None:
+        """Put the decomposed twins into the target (done at construction)."""
+        for path in self.paths:
+            self._slots[path].put(self.component(path))
+
+    def detach_components(self) -> None:
+        """Give the target back its original modules (undo the swap)."""
+        for path in self.paths:
+            self._slots[path].put(self._originals[path])
+
+    def named_trainables(self) -> dict[str, nn.Parameter]:
+        """Everything SPD trains, by stable name: `<path>/V`, `<path>/U`, `<path>/ci/<param>`."""
+        out: dict[str, nn.Parameter] = {}
+        for path in self.paths:
+            out[f"{path}/V"], out[f"{path}/U"] = self.component(path).V, self.component(path).U
+            out.update({f"{path}/ci/{n}": p for n, p in self.ci_fns[_key(path)].named_parameters()})
+        return out
+
+    def component_parameters(self) -> list[nn.Parameter]:
+        return [p for path in self.paths for p in (self.component(path).V, self.component(path).U)]
+
+    def run_target(self, batch: Any) -> Tensor:
+        """Target forward (no masks); records every decomposed module's input and output for this batch."""
+        self.state.begin(recording=True, masks={})
+        with torch.no_grad():
+            out = self.output_fn(self.target(batch))
+        self.state.recording = False
+        return out
+
+    def forward(self, batch: Any, masks: dict[str, MaskInfo]) -> Tensor:
+        """Masked forward on the batch last given to `run_target`."""
+        unknown = set(masks) - set(self.paths)
+        if unknown:
+            raise KeyError(f"masks for unknown modules {sorted(unknown)}; decomposed: {self.paths}")
+        self.state.begin(recording=False, masks=masks)
+        return self.output_fn(self.target(batch))
+
+    def causal_importance(self) -> CausalImportance:
+        """CI of every component on the batch last given to `run_target` (call index 0 of each module)."""
+        lower, upper = {}, {}
+        for path in self.paths:
+            comp = self.component(path)
+            key = (path, 0)
+            if key not in self.state.inputs:
+                raise RuntimeError(f"'{path}' did not run in the last target pass; is it used by the model's forward?")
+            acts = comp.cached_acts(key)
+            x = self.state.inputs[key]
+            ci_in = acts if comp.kind.value == "embedding" else x
+            pre = self.ci_fns[_key(path)](acts, ci_in)
+            lower[path] = lower_leaky_hard_sigmoid(pre, self.leak)
+            upper[path] = upper_leaky_hard_sigmoid(pre, self.leak)
+        return CausalImportance(lower, upper)
+
+    def weight_deltas(self) -> dict[str, Float[Tensor, "d_out d_in"]]:
+        return {path: self.component(path).weight_delta() for path in self.paths}

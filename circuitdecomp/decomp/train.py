@@ -1,0 +1,172 @@
+"""The SPD optimisation loop: warm-up, stochastic losses, evaluation, checkpoints, resume, divergence stops."""
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from circuitdecomp.decomp import losses as L
+from circuitdecomp.decomp.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from circuitdecomp.decomp.config import DecompositionConfig, LRSchedule
+from circuitdecomp.decomp.model import CausalImportance, ComponentModel
+from circuitdecomp.interrupt import Interrupted, stop_on_signals
+from circuitdecomp.progress import progress
+from circuitdecomp.tracking import Logger, NullLogger
+
+log = logging.getLogger(__name__)
+
+SampleBatch = Callable[[torch.Generator], Any]
+EvalFn = Callable[[ComponentModel, int], dict[str, float]]
+
+
+class DivergenceError(RuntimeError):
+    """The loss or gradients went non-finite or exploded; the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    steps_done: int
+    final_losses: dict[str, float]
+    seconds: float
+    ms_per_step: float
+
+
+def lr_at(step: int, cfg: DecompositionConfig) -> float:
+    """Learning rate with linear warm-up, then constant / cosine / linear decay to lr * lr_final_frac."""
+    warm = int(cfg.lr_warmup_frac * cfg.steps)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    frac = (step - warm) / max(1, cfg.steps - warm)
+    lo = cfg.lr * cfg.lr_final_frac
+    match cfg.lr_schedule:
+        case LRSchedule.constant:
+            return cfg.lr
+        case LRSchedule.cosine:
+            return lo + (cfg.lr - lo) * 0.5 * (1 + math.cos(math.pi * frac))
+        case LRSchedule.linear:
+            return cfg.lr + (lo - cfg.lr) * frac
+
+
+def faithfulness_warmup(cm: ComponentModel, cfg: DecompositionConfig) -> float:
+    """Fit sum_c U_c V_c^T to each target weight before training (AdamW with weight decay)."""
+    if cfg.warmup_steps == 0:
+        return float("nan")
+    opt = torch.optim.AdamW(cm.component_parameters(), lr=cfg.warmup_lr, weight_decay=cfg.warmup_weight_decay)
+    for _ in range(cfg.warmup_steps):
+        opt.zero_grad(set_to_none=True)
+        loss = L.faithfulness_loss(cm.weight_deltas())
+        loss.backward()
+        opt.step()
+    return loss.item()
+
+
+def spd_losses(cm: ComponentModel, batch: Any, cfg: DecompositionConfig, frac: float,
+               gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor], CausalImportance]:
+    """All loss terms of one SPD step on one batch; returns (total, {name: term}, CI)."""
+    target_out = cm.run_target(batch)
+    ci = cm.causal_importance()
+    masks = [L.sample_masks(ci.lower, cfg.mask_sampling, cfg.use_delta, gen) for _ in range(cfg.n_mask_samples)]
+
+    def run(m):
+        return cm(batch, m)
+
+    terms: dict[str, torch.Tensor] = {}
+    if cfg.faithfulness_coeff > 0:
+        terms["faithfulness"] = L.faithfulness_loss(cm.weight_deltas())
+    if cfg.stochastic_recon_coeff > 0:
+        terms["stochastic_recon"] = L.stochastic_recon_loss(run, target_out, masks, cfg.output_loss)
+    if cfg.layerwise_recon_coeff > 0:
+        terms["layerwise_recon"] = L.layerwise_recon_loss(run, target_out, masks, cfg.output_loss)
+    if cfg.subset_recon_coeff > 0:
+        terms["subset_recon"] = L.subset_recon_loss(run, target_out, masks, cfg.output_loss, gen)
+    p = L.annealed_p(frac, cfg.pnorm, cfg.pnorm_final, cfg.pnorm_anneal_start, cfg.pnorm_anneal_end)
+    terms["importance_minimality"] = L.importance_minimality_loss(ci.upper, p, cfg.importance_eps)
+    coeffs = {"faithfulness": cfg.faithfulness_coeff, "stochastic_recon": cfg.stochastic_recon_coeff,
+              "layerwise_recon": cfg.layerwise_recon_coeff, "subset_recon": cfg.subset_recon_coeff,
+              "importance_minimality": cfg.importance_coeff}
+    total = sum(coeffs[k] * v for k, v in terms.items())
+    return total, terms, ci
+
+
+def ci_l0(ci_lower: dict[str, torch.Tensor], threshold: float) -> dict[str, float]:
+    """Mean number of components per position with CI above `threshold`, per module."""
+    return {path: (g > threshold).float().sum(-1).mean().item() for path, g in ci_lower.items()}
+
+
+def _check_finite(step: int, total: torch.Tensor, terms: dict[str, torch.Tensor], grad_norm: float, cfg: DecompositionConfig) -> None:
+    value = total.item()
+    if math.isfinite(value) and value <= cfg.max_loss and math.isfinite(grad_norm):
+        return
+    shown = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+    raise DivergenceError(
+        f"decomposition diverged at step {step}: total loss {value:.4g} (limit {cfg.max_loss:g}), grad norm {grad_norm:.4g}; "
+        f"terms: {shown}. The last good checkpoint is kept; lower decomposition.lr (now {cfg.lr:g}) and re-run."
+    )
+
+
+def train_decomposition(
+    cm: ComponentModel,
+    sample_batch: SampleBatch,
+    cfg: DecompositionConfig,
+    seed: int,
+    out_dir: Path | None = None,
+    logger: Logger | None = None,
+    eval_fn: EvalFn | None = None,
+    log_every: int = 100,
+) -> TrainResult:
+    """Run SPD on `cm`; with `out_dir`, checkpoint there and resume from its latest checkpoint."""
+    logger = logger or NullLogger()
+    torch.manual_seed(seed)  # CI-function and component init were drawn by the caller; this seeds any other torch use
+    gens = {"data": torch.Generator().manual_seed(seed), "masks": torch.Generator().manual_seed(seed + 1)}
+    named = cm.named_trainables()
+    opt = torch.optim.Adam(list(named.values()), lr=cfg.lr)
+    start = 0
+    ckpt = latest_checkpoint(out_dir) if out_dir is not None else None
+    if ckpt is not None:
+        start = load_checkpoint(ckpt, named, opt, gens)
+    else:
+        warm = faithfulness_warmup(cm, cfg)
+        log.info("faithfulness warm-up: %d steps, loss %.3g", cfg.warmup_steps, warm)
+    t0, done, terms = time.perf_counter(), 0, {}
+    with stop_on_signals() as stop, progress(cfg.steps, "decompose", initial=start) as bar:
+        for step in range(start, cfg.steps):
+            if stop.set:
+                if out_dir is not None:
+                    path = save_checkpoint(out_dir, step, named, opt, gens)
+                    log.warning("%s received at step %d: checkpoint %s written; re-run the same command to resume", stop.signal_name, step, path)
+                raise Interrupted(f"stopped by {stop.signal_name} at step {step}")
+            lr = lr_at(step, cfg)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            batch = sample_batch(gens["data"])
+            total, terms, ci = spd_losses(cm, batch, cfg, step / max(1, cfg.steps), gens["masks"])
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(list(named.values()), float("inf")).item()
+            _check_finite(step, total, terms, grad_norm, cfg)
+            opt.step()
+            done += 1
+            bar.update(1)
+            if step % log_every == 0 or step == cfg.steps - 1:
+                metrics = {f"decomp/train/{k}": v.item() for k, v in terms.items()}
+                metrics.update({f"decomp/train/ci_l0/{p}": v for p, v in ci_l0(ci.lower, cfg.ci_alive_threshold).items()})
+                metrics.update({"decomp/train/lr": lr, "decomp/train/loss": total.item(), "decomp/train/grad_norm": grad_norm})
+                logger.log(metrics, step=step)
+                bar.set_postfix(loss=f"{total.item():.3g}", imp=f"{terms['importance_minimality'].item():.3g}")
+            if (step + 1) % cfg.eval_every == 0:
+                l0 = ci_l0(ci.lower, cfg.ci_alive_threshold)
+                log.info("step %d/%d  loss %.4g  %s  ci_l0 %s", step + 1, cfg.steps, total.item(),
+                         " ".join(f"{k}={v.item():.3g}" for k, v in terms.items()),
+                         " ".join(f"{p}={v:.2f}" for p, v in l0.items()))
+                if eval_fn is not None:
+                    logger.log(eval_fn(cm, step + 1), step=step + 1)
+            if out_dir is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
+                save_checkpoint(out_dir, step + 1, named, opt, gens)
+    seconds = time.perf_counter() - t0
+    final = {k: v.item() for k, v in terms.items()}
+    return TrainResult(steps_done=done, final_losses=final, seconds=seconds, ms_per_step=1000 * seconds / max(1, done))

@@ -1,0 +1,29 @@
+"""Config dataclasses that Hydra can compose but library code cannot mutate."""
+
+import dataclasses
+
+
+class Frozen:
+    """Mixin for config dataclasses: immutable once `__init__` finishes.
+
+    `@dataclass(frozen=True)` cannot be used: OmegaConf marks frozen schemas read-only, and Hydra
+    then fails to merge group options into them. Sealing in `__post_init__` gives the same guarantee
+    to everything downstream of `OmegaConf.to_object`. Subclasses that validate in `__post_init__`
+    must call `super().__post_init__()` last.
+    """
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_sealed", True)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if getattr(self, "_sealed", False):
+            raise dataclasses.FrozenInstanceError(
+                f"{type(self).__name__}.{name} is read-only; use dataclasses.replace(cfg, {name}=...)"
+            )
+        object.__setattr__(self, name, value)
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise ValueError(message) unless condition holds: config validation in one line."""
+    if not condition:
+        raise ValueError(message)

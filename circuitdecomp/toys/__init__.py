@@ -1,0 +1,1 @@
+"""The SPD paper's toy models: the decomposition's proof bench (TMS, ±identity, residual MLP)."""

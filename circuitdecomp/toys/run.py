@@ -1,0 +1,89 @@
+"""Train (or load) a toy target, decompose it with SPD, score it against its known mechanisms."""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from circuitdecomp.config import Config
+from circuitdecomp.decomp.model import ComponentModel
+from circuitdecomp.decomp.train import train_decomposition
+from circuitdecomp.runio import load_tensors, save_figure, save_tensors, update_metrics
+from circuitdecomp.target.config import ResidMLPConfig, TMSConfig
+from circuitdecomp.toys import resid_mlp, tms
+from circuitdecomp.toys.data import sparse_features
+from circuitdecomp.toys.evaluate import evaluate_toy, one_hot_ci
+from circuitdecomp.toys.plots import ci_heatmap
+from circuitdecomp.tracking import Logger
+
+log = logging.getLogger(__name__)
+TARGET_FILE = "target.safetensors"
+
+
+@dataclass(frozen=True)
+class Toy:
+    model: nn.Module
+    n_features: int
+    feature_prob: float
+    value_low: float
+    metrics: dict[str, float]
+
+
+def build_toy(cfg: Config, out_dir: Path) -> Toy:
+    """The trained toy target: loaded from the run dir when present, else trained, checked and saved."""
+    t = cfg.target
+    path = Path(out_dir) / TARGET_FILE
+    match t:
+        case TMSConfig():
+            model = tms.TMS(t.n_features, t.n_hidden)
+            low, metrics = 0.0, {}
+            if not path.exists():
+                trained, used_seed = tms.train_checked_tms(t, cfg.seed)
+                save_tensors(path, trained.state_dict(), {"seed": str(used_seed)})
+            model.load_state_dict(load_tensors(path))
+            ok = tms.features_reproduced(model)
+            metrics["target/features_reproduced"] = int(ok.sum())
+            if not bool(ok.all()):
+                raise RuntimeError(f"the TMS target in {path} reproduces only {int(ok.sum())}/{ok.numel()} features; "
+                                   "delete it to retrain, or raise target.max_attempts")
+        case ResidMLPConfig():
+            model = resid_mlp.ResidMLP(t, cfg.seed)
+            low = -1.0
+            if not path.exists():
+                save_tensors(path, resid_mlp.train_resid_mlp(t, cfg.seed).state_dict())
+            model.load_state_dict(load_tensors(path))
+            metrics = resid_mlp.resid_mlp_quality(model, t, cfg.seed)
+        case _:
+            raise ValueError(f"target.kind={t.kind.value} is not a toy; toys are tms and resid_mlp")
+    return Toy(model, t.n_features, t.feature_prob, low, metrics)
+
+
+def decompose_toy(cfg: Config, out_dir: Path, logger: Logger) -> dict[str, float]:
+    """The whole toy experiment; writes target, decomposition, metrics.json and the CI figure to out_dir."""
+    toy = build_toy(cfg, out_dir)
+    update_metrics(out_dir, toy.metrics)
+    torch.manual_seed(cfg.seed)
+    cm = ComponentModel(toy.model, cfg.decomposition)
+    B = cfg.decomposition.batch_size
+
+    def sample(gen: torch.Generator) -> torch.Tensor:
+        return sparse_features(B, toy.n_features, toy.feature_prob, gen, low=toy.value_low)
+
+    eval_data = sparse_features(B, toy.n_features, toy.feature_prob, torch.Generator().manual_seed(cfg.seed + 7), low=toy.value_low)
+
+    def eval_fn(model: ComponentModel, step: int) -> dict[str, float]:
+        return evaluate_toy(model, toy.n_features, cfg.evaluation, eval_data, cfg.decomposition.ci_alive_threshold)
+
+    result = train_decomposition(cm, sample, cfg.decomposition, cfg.seed, out_dir, logger, eval_fn, cfg.tracking.log_every)
+    metrics = eval_fn(cm, cfg.decomposition.steps)
+    metrics.update({f"decomp/final/{k}": v for k, v in result.final_losses.items()})
+    metrics["decomp/ms_per_step"] = result.ms_per_step
+    save_tensors(Path(out_dir) / "decomposition.safetensors", {k: v.detach() for k, v in cm.named_trainables().items()})
+    fig = ci_heatmap(one_hot_ci(cm, toy.n_features, cfg.evaluation.one_hot_magnitude), f"{cfg.name}: CI on single features")
+    save_figure(out_dir, "ci_one_hot", fig)
+    logger.log_figure("decomp/ci_one_hot", fig)
+    update_metrics(out_dir, metrics)
+    logger.log(metrics)
+    return metrics

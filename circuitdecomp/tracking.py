@@ -1,0 +1,89 @@
+"""Experiment tracking: one small logger interface, a wandb implementation and a no-op twin."""
+
+import logging
+import os
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from circuitdecomp.frozen import Frozen
+
+log = logging.getLogger(__name__)
+
+
+class TrackingMode(str, Enum):
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+@dataclass
+class TrackingConfig(Frozen):
+    """wandb settings. `mode=offline` works without network; upload later with `wandb sync`."""
+
+    mode: TrackingMode = TrackingMode.offline
+    project: str = "circuitdecomp"
+    entity: str | None = None
+    log_every: int = 100
+
+
+@runtime_checkable
+class Logger(Protocol):
+    """What training loops may call: metrics are flat dicts of namespaced keys."""
+
+    def log(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+    def log_figure(self, key: str, fig: Any, step: int | None = None) -> None: ...
+    def log_artifact(self, path: Path, name: str, kind: str) -> None: ...
+    def finish(self) -> None: ...
+
+
+class NullLogger:
+    """The no-op twin: same interface, does nothing."""
+
+    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_figure(self, key: str, fig: Any, step: int | None = None) -> None:
+        pass
+
+    def log_artifact(self, path: Path, name: str, kind: str) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class WandbLogger:
+    """Logs to a wandb run whose files live inside the run directory."""
+
+    def __init__(self, cfg: TrackingConfig, out_dir: Path, config: dict[str, Any], name: str) -> None:
+        import wandb  # lazy: 0.9 s
+
+        self._wandb = wandb
+        self.run = wandb.init(
+            project=cfg.project, entity=cfg.entity, dir=str(out_dir), mode=cfg.mode.value,
+            config=config, name=name, reinit="finish_previous",
+        )
+        log.info("wandb %s run in %s", cfg.mode.value, self.run.dir)
+
+    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.run.log(dict(metrics), step=step)
+
+    def log_figure(self, key: str, fig: Any, step: int | None = None) -> None:
+        self.run.log({key: self._wandb.Image(fig)}, step=step)
+
+    def log_artifact(self, path: Path, name: str, kind: str) -> None:
+        art = self._wandb.Artifact(name, type=kind)
+        art.add_file(str(path))
+        self.run.log_artifact(art)
+
+    def finish(self) -> None:
+        self.run.finish()
+
+
+def make_logger(cfg: TrackingConfig, out_dir: Path, config: dict[str, Any], name: str) -> Logger:
+    """A wandb logger unless tracking is disabled by config or by `WANDB_MODE=disabled` (tests)."""
+    if cfg.mode is TrackingMode.disabled or os.environ.get("WANDB_MODE") == "disabled":
+        return NullLogger()
+    return WandbLogger(cfg, out_dir, config, name)

@@ -1,0 +1,71 @@
+"""Every config composes into the typed dataclasses; unknown keys and bad values are refused."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+
+from circuitdecomp.cli import CONFIG_DIR
+from circuitdecomp.config import Config, load_config
+from circuitdecomp.decomp.config import DecompositionConfig
+
+from conftest import REPO
+
+GROUPS = ["world", "target", "decomposition", "evaluation", "tracking"]
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_group_option_composes(group):
+    for option in _options(group):
+        cfg = load_config(_compose([f"{group}={option}"]))
+        assert isinstance(cfg, Config)
+
+
+@pytest.mark.parametrize("experiment", _options("experiment"))
+def test_every_experiment_composes(experiment):
+    cfg = load_config(_compose([f"experiment={experiment}"]))
+    assert cfg.name == experiment
+    assert isinstance(cfg.decomposition, DecompositionConfig) and cfg.decomposition.modules
+
+
+def test_configs_are_frozen():
+    cfg = load_config(_compose([]))
+    with pytest.raises(Exception, match="read-only"):
+        cfg.seed = 3
+
+
+def test_unknown_keys_are_refused():
+    with pytest.raises(ValueError, match="nonsense"):
+        load_config(_compose(["+nonsense=1"]))
+    with pytest.raises(ValueError, match=r"decomposition\.extra"):
+        load_config(_compose(["+decomposition.extra=1"]))
+    with pytest.raises(ConfigCompositionException, match="typo"):
+        _compose(["world.typo=3"])
+
+
+def test_bad_values_name_the_key():
+    with pytest.raises(Exception, match="decomposition.lr"):
+        load_config(_compose(["decomposition.lr=-1"]))
+    with pytest.raises(Exception, match="n_attributes"):
+        load_config(_compose(["world.n_attributes=500", "world.d_model=64"]))
+
+
+@pytest.mark.parametrize("override,key", [("+nonsense=1", "nonsense"), ("world.typo=3", "typo")])
+def test_script_rejects_unknown_key_in_one_line(override, key, tmp_path):
+    proc = subprocess.run([sys.executable, "scripts/decompose.py", override, f"hydra.run.dir={tmp_path}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("Set the environment")]
+    assert len(lines) == 1 and key in lines[0], proc.stderr

@@ -1,0 +1,101 @@
+"""Each SPD loss and helper against values computed by hand."""
+
+import math
+
+import pytest
+import torch
+
+from circuitdecomp.decomp import losses as L
+from circuitdecomp.decomp.ci import lower_leaky_hard_sigmoid, upper_leaky_hard_sigmoid
+from circuitdecomp.decomp.components import MaskInfo
+from circuitdecomp.decomp.config import DecompositionConfig, LRSchedule, MaskSampling, OutputLoss
+from circuitdecomp.decomp.train import lr_at
+
+
+def test_mse_is_mean_over_elements():
+    pred, target = torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[1.0, 0.0], [0.0, 4.0]])
+    assert L.output_distance(pred, target, OutputLoss.mse).item() == pytest.approx((4 + 9) / 4)
+
+
+def test_kl_matches_hand_computation():
+    target, pred = torch.tensor([[0.0, math.log(3.0)]]), torch.tensor([[0.0, 0.0]])
+    p, q = [0.25, 0.75], [0.5, 0.5]
+    expected = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+    assert L.output_distance(pred, target, OutputLoss.kl).item() == pytest.approx(expected, rel=1e-5)
+    assert L.output_distance(target, target, OutputLoss.kl).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_faithfulness_averages_over_all_parameters():
+    deltas = {"a": torch.tensor([[1.0, 2.0]]), "b": torch.tensor([[3.0]])}
+    assert L.faithfulness_loss(deltas).item() == pytest.approx((1 + 4 + 9) / 3)
+
+
+def test_importance_minimality_sums_components_and_averages_positions():
+    g = {"a": torch.tensor([[0.5, 1.0], [0.0, 1.0]]), "b": torch.tensor([[[0.25]], [[1.0]]])}
+    # a: mean_b g^2 = [0.125, 1.0]; b (batch 2, pos 1): mean = (0.0625 + 1) / 2
+    expected = 0.125 + 1.0 + (0.0625 + 1.0) / 2
+    assert L.importance_minimality_loss(g, p=2.0, eps=0.0).item() == pytest.approx(expected)
+
+
+def test_p_annealing():
+    assert L.annealed_p(0.3, 2.0, None, 0.0, 1.0) == 2.0
+    assert L.annealed_p(0.1, 2.0, 0.5, 0.2, 0.6) == 2.0
+    assert L.annealed_p(0.4, 2.0, 0.5, 0.2, 0.6) == pytest.approx(1.25)
+    assert L.annealed_p(0.9, 2.0, 0.5, 0.2, 0.6) == 0.5
+
+
+def test_leaky_hard_sigmoids():
+    x = torch.tensor([-2.0, 0.5, 2.0], requires_grad=True)
+    y = lower_leaky_hard_sigmoid(x, 0.01)
+    assert torch.equal(y, torch.tensor([0.0, 0.5, 1.0]))
+    y.backward(torch.tensor([-1.0, 1.0, 1.0]))  # grad pushing x[0] up leaks through; x > 1 gets none
+    assert torch.allclose(x.grad, torch.tensor([-0.01, 1.0, 0.0]))
+    x.grad = None
+    lower_leaky_hard_sigmoid(x, 0.01).backward(torch.tensor([1.0, 0.0, 0.0]))  # pushing down below 0: no leak
+    assert x.grad[0] == 0.0
+    assert torch.allclose(upper_leaky_hard_sigmoid(torch.tensor([-1.0, 0.5, 3.0]), 0.01), torch.tensor([0.0, 0.5, 1.02]))
+
+
+def test_masks_lie_between_ci_and_one():
+    g = {"a": torch.tensor([[0.0, 0.3, 1.0]]).expand(1000, 3)}
+    gen = torch.Generator().manual_seed(0)
+    m = L.sample_masks(g, MaskSampling.continuous, use_delta=True, generator=gen)["a"]
+    assert (m.mask >= g["a"]).all() and (m.mask <= 1).all()
+    assert torch.equal(m.mask[:, 2], torch.ones(1000))  # g = 1: never ablated
+    assert m.mask[:, 0].mean().item() == pytest.approx(0.5, abs=0.05)  # g = 0: U(0, 1)
+    assert m.delta_mask.shape == (1000,)
+    b = L.sample_masks(g, MaskSampling.binomial, use_delta=False, generator=gen)["a"]
+    assert set(b.mask[:, 0].unique().tolist()) == {0.0, 1.0} and b.delta_mask is None
+
+
+def test_layerwise_masks_one_module_at_a_time():
+    seen = []
+
+    def run(masks):
+        seen.append(sorted(masks))
+        return torch.zeros(2)
+
+    masks = {"a": MaskInfo(torch.ones(2, 1)), "b": MaskInfo(torch.ones(2, 1))}
+    L.layerwise_recon_loss(run, torch.ones(2), [masks], OutputLoss.mse)
+    assert seen == [["a"], ["b"]]
+    seen.clear()
+    L.stochastic_recon_loss(run, torch.ones(2), [masks, masks], OutputLoss.mse)
+    assert seen == [["a", "b"], ["a", "b"]]
+
+
+def test_routed_subsets_are_nonempty_and_cover_all_sizes():
+    masks = {k: MaskInfo(torch.ones(4000, 2)) for k in "abc"}
+    routed = L.route_subsets(masks, torch.Generator().manual_seed(0))
+    chosen = torch.stack([routed[k].route for k in "abc"], -1)
+    sizes = chosen.sum(-1)
+    assert sizes.min() == 1 and sizes.max() == 3
+    assert torch.bincount(sizes)[1:].float().div(4000).sub(1 / 3).abs().max() < 0.05
+
+
+def test_lr_schedules():
+    cos = DecompositionConfig(steps=100, lr=1.0, lr_schedule=LRSchedule.cosine)
+    assert lr_at(0, cos) == pytest.approx(1.0) and lr_at(50, cos) == pytest.approx(0.5) and lr_at(100, cos) == pytest.approx(0.0)
+    warm = DecompositionConfig(steps=100, lr=1.0, lr_schedule=LRSchedule.constant, lr_warmup_frac=0.1)
+    assert lr_at(4, warm) == pytest.approx(0.5) and lr_at(50, warm) == 1.0
+    lin = DecompositionConfig(steps=100, lr=1.0, lr_schedule=LRSchedule.linear, lr_final_frac=0.5)
+    assert lr_at(50, lin) == pytest.approx(0.75)

@@ -1,0 +1,145 @@
+"""The component model: exact when masks are 1, generic over module kinds, cached passes equal fresh ones."""
+
+import pytest
+import torch
+from torch import nn
+
+from circuitdecomp.decomp.components import MaskInfo
+from circuitdecomp.decomp.config import DecompositionConfig, ModuleSpec
+from circuitdecomp.decomp.model import ComponentModel
+
+
+def _cfg(*patterns: str, C: int = 6, **kw) -> DecompositionConfig:
+    return DecompositionConfig(modules=[ModuleSpec(p, C) for p in patterns], **kw)
+
+
+class EmbedMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(11, 8)
+        self.fc1 = nn.Linear(8, 16)
+        self.fc2 = nn.Linear(16, 5)
+
+    def forward(self, tokens):
+        return self.fc2(torch.relu(self.fc1(self.emb(tokens))))
+
+
+def _ones(cm: ComponentModel, lead: tuple[int, ...], delta: float | None) -> dict[str, MaskInfo]:
+    return {p: MaskInfo(torch.ones(*lead, cm.component(p).C), None if delta is None else torch.full(lead, delta)) for p in cm.paths}
+
+
+def _fit_exactly(cm: ComponentModel) -> None:
+    """Set V, U to an exact factorisation of each weight (C >= rank), so masks of 1 reproduce W without delta."""
+    with torch.no_grad():
+        for p in cm.paths:
+            comp = cm.component(p)
+            U_, S, Vh = torch.linalg.svd(comp.target_weight(), full_matrices=False)
+            r = S.numel()
+            comp.V.zero_(); comp.U.zero_()
+            comp.V[:, :r] = Vh.T * S
+            comp.U[:r] = U_.T
+
+
+def test_masks_of_one_reproduce_target_for_linear_and_embedding():
+    model = EmbedMLP()
+    tokens = torch.randint(0, 11, (4, 7))
+    expected = model(tokens)
+    cm = ComponentModel(model, _cfg("emb", "fc*", C=20))
+    assert cm.paths == ["emb", "fc1", "fc2"]
+    assert torch.allclose(cm.run_target(tokens), expected)
+    # with the delta component fully on, any V, U give the target exactly
+    assert torch.allclose(cm(tokens, _ones(cm, (4, 7), 1.0)), expected, atol=1e-5)
+    _fit_exactly(cm)
+    assert torch.allclose(cm(tokens, _ones(cm, (4, 7), None)), expected, atol=1e-5)
+    assert torch.allclose(cm(tokens, _ones(cm, (4, 7), 0.0)), expected, atol=1e-5)
+
+
+def test_conv1d_components():
+    from transformers.pytorch_utils import Conv1D
+
+    model = nn.Sequential(Conv1D(6, 4), nn.ReLU(), Conv1D(3, 6))
+    x = torch.randn(5, 4)
+    expected = model(x)
+    cm = ComponentModel(model, _cfg("0", "2", C=8))
+    assert cm.component("0").target_weight().shape == (6, 4)  # stored [d_in, d_out], seen as [d_out, d_in]
+    cm.run_target(x)
+    _fit_exactly(cm)
+    assert torch.allclose(cm(x, _ones(cm, (5,), None)), expected, atol=1e-5)
+
+
+def test_cached_pass_equals_fresh_computation():
+    model = EmbedMLP()
+    tokens = torch.randint(0, 11, (3, 5))
+    cm = ComponentModel(model, _cfg("emb", "fc*"))
+    cm.run_target(tokens)
+    gen = torch.Generator().manual_seed(1)
+    masks = {p: MaskInfo(torch.rand(3, 5, cm.component(p).C, generator=gen), torch.rand(3, 5, generator=gen)) for p in cm.paths}
+    for subset in (["fc2"], ["fc1"], ["emb", "fc2"]):
+        chosen = {p: masks[p] for p in subset}
+        cached = cm(tokens, chosen)
+        cm.state.outputs.clear()  # no cache: everything recomputed from the inputs
+        fresh = cm(tokens, chosen)
+        cm.run_target(tokens)
+        assert torch.allclose(cached, fresh, atol=1e-6)
+
+
+def test_gradients_reach_components_and_not_target():
+    model = EmbedMLP()
+    tokens = torch.randint(0, 11, (3, 5))
+    cm = ComponentModel(model, _cfg("fc1", "fc2"))
+    target = cm.run_target(tokens)
+    ci = cm.causal_importance()
+    masks = {p: MaskInfo(ci.lower[p], torch.rand(3, 5)) for p in cm.paths}
+    (cm(tokens, masks) - target).pow(2).mean().backward()
+    for p in cm.paths:
+        assert cm.component(p).V.grad is not None and cm.component(p).U.grad is not None
+    assert all(p.grad is None for n, p in model.named_parameters() if "base" in n or n.startswith("emb"))
+
+
+def test_bad_patterns_and_masks_are_named():
+    with pytest.raises(ValueError, match=r"\['nope\*'\].*available: emb, fc1, fc2"):
+        ComponentModel(EmbedMLP(), _cfg("fc1", "nope*"))
+    with pytest.raises(ValueError, match="decomposition.modules: C=0"):
+        ModuleSpec("fc1", 0)
+    cm = ComponentModel(EmbedMLP(), _cfg("fc1"))
+    with pytest.raises(KeyError, match="fc9"):
+        cm(torch.zeros(1, 1, dtype=torch.long), {"fc9": MaskInfo(torch.ones(1, 1, 6))})
+
+
+def test_identity_insertion_keeps_function_and_is_decomposable():
+    model = EmbedMLP()
+    tokens = torch.randint(0, 11, (2, 3))
+    expected = model(tokens)
+    cm = ComponentModel(model, _cfg("fc2", "fc2.pre_identity", identity_before=["fc2"]))
+    assert cm.paths == ["fc2.pre_identity", "fc2"] or set(cm.paths) == {"fc2", "fc2.pre_identity"}
+    assert torch.equal(cm.component("fc2.pre_identity").target_weight(), torch.eye(16))
+    assert torch.allclose(cm.run_target(tokens), expected, atol=1e-6)
+
+
+def test_detach_restores_the_original_modules():
+    model = EmbedMLP()
+    fc1 = model.fc1
+    cm = ComponentModel(model, _cfg("fc1"))
+    assert model.fc1 is cm.component("fc1")
+    cm.detach_components()
+    assert model.fc1 is fc1
+
+
+def test_transformerlens_bridge_linears():
+    from transformer_lens import TransformerBridge, TransformerBridgeConfig
+
+    cfg = TransformerBridgeConfig(d_model=16, d_head=4, n_heads=4, n_layers=1, n_ctx=6, d_vocab=13, d_mlp=32,
+                                  act_fn="gelu", normalization_type=None, seed=0)
+    bridge = TransformerBridge.boot_native(cfg)
+    tokens = torch.randint(0, 13, (2, 6))
+    with torch.no_grad():
+        expected = bridge(tokens)
+    cm = ComponentModel(bridge, _cfg("blocks.0.attn.*", "blocks.0.mlp.*", "unembed", C=40))
+    assert set(cm.paths) >= {"blocks.0.attn.q", "blocks.0.attn.o", "blocks.0.mlp.in", "blocks.0.mlp.out", "unembed"}
+    assert torch.allclose(cm.run_target(tokens), expected, atol=1e-5)
+    _fit_exactly(cm)
+    out = cm(tokens, _ones(cm, (2, 6), None))
+    assert torch.allclose(out, expected, atol=1e-4)
+    cm.detach_components()
+    with torch.no_grad():
+        assert torch.allclose(bridge(tokens), expected, atol=1e-6)

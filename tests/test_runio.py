@@ -1,0 +1,54 @@
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pytest
+import torch
+
+from circuitdecomp.runio import atomic_write, load_run, load_tensors, save_config, save_figure, save_tensors, update_metrics
+
+
+def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
+    path = tmp_path / "x.txt"
+    path.write_text("old")
+
+    def broken(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, broken)
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]  # no temp file left behind
+
+
+def test_run_round_trip(tmp_path):
+    save_config(tmp_path, {"world": {"n_animals": 3}, "seed": 1})
+    save_tensors(tmp_path / "world.safetensors", {"a": torch.arange(6.0).reshape(2, 3)})
+    update_metrics(tmp_path, {"target/accuracy/size": 0.5})
+    update_metrics(tmp_path, {"target/accuracy/fact": 1.0})
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    save_figure(tmp_path, "curve", fig)
+    run = load_run(tmp_path)
+    assert run.config == {"world": {"n_animals": 3}, "seed": 1}
+    assert run.metrics == {"target/accuracy/size": 0.5, "target/accuracy/fact": 1.0}
+    assert torch.equal(run.tensors("world")["a"], torch.arange(6.0).reshape(2, 3))
+    assert run.tensor_files == ["world"] and [p.name for p in run.figures] == ["curve.png"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["target/accuracy/size"] == 0.5
+
+
+def test_metric_keys_must_be_namespaced(tmp_path):
+    with pytest.raises(ValueError, match="namespaced"):
+        update_metrics(tmp_path, {"accuracy": 1.0})
+
+
+def test_load_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.yaml"):
+        load_run(tmp_path)
+    bad = tmp_path / "t.safetensors"
+    bad.write_bytes(b"\x00\x01garbage")
+    with pytest.raises(ValueError, match="t.safetensors"):
+        load_tensors(bad)
