@@ -48,6 +48,7 @@ class DecompositionConfig(Frozen):
     """Stochastic Parameter Decomposition settings (arXiv 2506.20790)."""
 
     modules: list[ModuleSpec] = field(default_factory=list)
+    seed: int | None = None  # None: the run's seed; set it to vary only the decomposition on one target
     # Paths of modules before which a fixed identity Linear is inserted (the paper's "+ID" check);
     # the inserted module is named `<path>.pre_identity` and can be decomposed like any other.
     identity_before: list[str] = field(default_factory=list)
@@ -65,6 +66,7 @@ class DecompositionConfig(Frozen):
     ci_fn: CIFnType = CIFnType.mlp
     ci_hidden: list[int] = field(default_factory=lambda: [16])
     leak: float = 0.01
+    compile: bool = True  # torch.compile the CI MLP (one-off ~20 s, then ~2.4x faster); off in quick tests
     mask_sampling: MaskSampling = MaskSampling.continuous
     n_mask_samples: int = 1
     use_delta: bool = True

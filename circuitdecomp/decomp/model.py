@@ -67,7 +67,7 @@ class ComponentModel(nn.Module):
             self.components[_key(path)] = comp
             match cfg.ci_fn:
                 case CIFnType.mlp:
-                    self.ci_fns[_key(path)] = PerComponentMLP(C_of[path], list(cfg.ci_hidden))
+                    self.ci_fns[_key(path)] = PerComponentMLP(C_of[path], list(cfg.ci_hidden), compile=cfg.compile)
                 case CIFnType.shared_mlp:
                     d_in = comp.C if comp.kind.value == "embedding" else comp.d_in
                     self.ci_fns[_key(path)] = SharedMLP(C_of[path], d_in, list(cfg.ci_hidden))

@@ -64,7 +64,8 @@ def decompose_toy(cfg: Config, out_dir: Path, logger: Logger) -> dict[str, float
     """The whole toy experiment; writes target, decomposition, metrics.json and the CI figure to out_dir."""
     toy = build_toy(cfg, out_dir)
     update_metrics(out_dir, toy.metrics)
-    torch.manual_seed(cfg.seed)
+    seed = cfg.seed if cfg.decomposition.seed is None else cfg.decomposition.seed
+    torch.manual_seed(seed)  # component and CI-function init
     cm = ComponentModel(toy.model, cfg.decomposition)
     B = cfg.decomposition.batch_size
 
@@ -76,7 +77,7 @@ def decompose_toy(cfg: Config, out_dir: Path, logger: Logger) -> dict[str, float
     def eval_fn(model: ComponentModel, step: int) -> dict[str, float]:
         return evaluate_toy(model, toy.n_features, cfg.evaluation, eval_data, cfg.decomposition.ci_alive_threshold)
 
-    result = train_decomposition(cm, sample, cfg.decomposition, cfg.seed, out_dir, logger, eval_fn, cfg.tracking.log_every)
+    result = train_decomposition(cm, sample, cfg.decomposition, seed, out_dir, logger, eval_fn, cfg.tracking.log_every)
     metrics = eval_fn(cm, cfg.decomposition.steps)
     metrics.update({f"decomp/final/{k}": v for k, v in result.final_losses.items()})
     metrics["decomp/ms_per_step"] = result.ms_per_step
