@@ -58,9 +58,9 @@ def unknown_keys(node: DictConfig, path: str = "") -> list[str]:
         names = {f.name for f in dataclasses.fields(schema)}
         found += [f"{path}{k}" for k in node.keys() if k not in names]
     for k, v in node.items_ex(resolve=False):
-        if isinstance(v, DictConfig):
+        if isinstance(v, DictConfig) and not v._is_none():
             found += unknown_keys(v, f"{path}{k}.")
-        elif isinstance(v, ListConfig):
+        elif isinstance(v, ListConfig) and not v._is_none():
             found += [u for i, item in enumerate(v) if isinstance(item, DictConfig) for u in unknown_keys(item, f"{path}{k}[{i}].")]
     return found
 

@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 METRICS_FILE = "metrics.json"
+Metrics = dict[str, float | int]  # flat, namespaced: "stage/group/name" -> number
 CONFIG_FILE = "config.yaml"
 
 

@@ -99,3 +99,21 @@ def test_lr_schedules():
     assert lr_at(4, warm) == pytest.approx(0.5) and lr_at(50, warm) == 1.0
     lin = DecompositionConfig(steps=100, lr=1.0, lr_schedule=LRSchedule.linear, lr_final_frac=0.5)
     assert lr_at(50, lin) == pytest.approx(0.75)
+
+
+def test_pgd_masks_find_a_worse_reconstruction_than_random():
+    from torch import nn
+
+    from circuitdecomp.decomp.config import ModuleSpec
+    from circuitdecomp.decomp.model import ComponentModel
+    from circuitdecomp.decomp.pgd import pgd_recon_loss
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 3), nn.ReLU(), nn.Linear(3, 5))
+    cm = ComponentModel(model, DecompositionConfig(modules=[ModuleSpec("0", 4), ModuleSpec("2", 4)], compile=False))
+    x = torch.rand(64, 5)
+    gen = torch.Generator().manual_seed(0)
+    random = pgd_recon_loss(cm, x, steps=0, step_size=0.1, kind=OutputLoss.mse, use_delta=True, generator=gen)
+    worst = pgd_recon_loss(cm, x, steps=20, step_size=0.1, kind=OutputLoss.mse, use_delta=True, generator=gen)
+    assert worst > random
+    assert all(p.grad is None for p in cm.named_trainables().values())

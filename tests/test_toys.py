@@ -6,7 +6,7 @@ from hydra import compose, initialize_config_dir
 
 from circuitdecomp.cli import CONFIG_DIR
 from circuitdecomp.config import load_config
-from circuitdecomp.runio import load_run
+from circuitdecomp.runio import load_metrics as load_run_metrics
 from circuitdecomp.toys.evaluate import column_match, dense_error, identity_error
 from circuitdecomp.toys.run import decompose_toy
 from circuitdecomp.tracking import NullLogger
@@ -14,16 +14,18 @@ from circuitdecomp.tracking import NullLogger
 SMALL = {
     "tms_5-2": ["target.train_steps=3000"],
     "tms_5-2_id": ["target.train_steps=3000"],
-    "tms_40-10": ["target.train_steps=300", "target.max_attempts=1", "decomposition.modules.0.C=50", "decomposition.modules.1.C=50"],
-    "tms_40-10_id": ["target.train_steps=300", "target.max_attempts=1"],
+    "tms_40-10": ["target.train_steps=300", "target.check_features=false", "decomposition.modules.0.C=50", "decomposition.modules.1.C=50"],
+    "tms_40-10_id": ["target.train_steps=300", "target.check_features=false"],
     "resid_mlp1": ["target.n_features=12", "target.d_embed=40", "target.d_mlp=6", "target.train_steps=30",
                    "decomposition.modules.0.C=12", "decomposition.modules.1.C=12", "evaluation.dense_ci.0.k=6"],
 }
 
 
 def _cfg(experiment: str, extra: list[str]):
+    # torch.compile costs ~20 s per new shape: only the default experiment exercises the compiled CI path.
+    compiled = "true" if experiment == "tms_5-2" else "false"
     overrides = [f"experiment={experiment}", "decomposition.steps=4", "decomposition.warmup_steps=3",
-                 "decomposition.batch_size=64", "tracking.mode=disabled", *extra]
+                 "decomposition.batch_size=64", "tracking.mode=disabled", f"decomposition.compile={compiled}", *extra]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return load_config(compose("config", overrides=overrides))
 
@@ -31,15 +33,8 @@ def _cfg(experiment: str, extra: list[str]):
 @pytest.mark.parametrize("experiment", sorted(SMALL))
 def test_smoke_decomposition(experiment, tmp_path):
     cfg = _cfg(experiment, SMALL[experiment])
-    if experiment.startswith("tms_40"):
-        pytest.importorskip("scipy")
-    try:
-        metrics = decompose_toy(cfg, tmp_path, NullLogger())
-    except RuntimeError as err:  # a 300-step 40-10 target may miss features: that must be said clearly
-        assert "reproduces only" in str(err) and experiment.startswith("tms_40")
-        return
-    run = load_run(tmp_path) if (tmp_path / "config.yaml").exists() else None
-    assert run is None or run.metrics
+    metrics = decompose_toy(cfg, tmp_path, NullLogger())
+    assert load_run_metrics(tmp_path)["decomp/target_solution_error"] == metrics["decomp/target_solution_error"]
     for key in ("decomp/target_solution_error", "decomp/mmcs", "decomp/ml2r", "decomp/ms_per_step"):
         assert key in metrics
     assert any(k.startswith("decomp/n_live/") for k in metrics) and any(k.startswith("decomp/ci_l0/") for k in metrics)

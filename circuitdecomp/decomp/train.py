@@ -16,12 +16,13 @@ from circuitdecomp.decomp.config import DecompositionConfig, LRSchedule
 from circuitdecomp.decomp.model import CausalImportance, ComponentModel
 from circuitdecomp.interrupt import Interrupted, stop_on_signals
 from circuitdecomp.progress import progress
+from circuitdecomp.runio import Metrics
 from circuitdecomp.tracking import Logger, NullLogger
 
 log = logging.getLogger(__name__)
 
 SampleBatch = Callable[[torch.Generator], Any]
-EvalFn = Callable[[ComponentModel, int], dict[str, float]]
+EvalFn = Callable[[ComponentModel, int], Metrics]
 
 
 class DivergenceError(RuntimeError):

@@ -9,6 +9,7 @@ from jaxtyping import Float
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from circuitdecomp.runio import Metrics
 from circuitdecomp.decomp.model import ComponentModel
 from circuitdecomp.evaluate.config import EvaluationConfig
 
@@ -60,9 +61,9 @@ def _matching(paths: list[str], pattern: str) -> list[str]:
     return [p for p in paths if fnmatch.fnmatchcase(p, pattern)]
 
 
-def evaluate_toy(cm: ComponentModel, n_features: int, cfg: EvaluationConfig, data: Tensor, ci_threshold: float) -> dict[str, float]:
+def evaluate_toy(cm: ComponentModel, n_features: int, cfg: EvaluationConfig, data: Tensor, ci_threshold: float) -> Metrics:
     """`decomp/...` metrics: MMCS/ML2R, target-solution error, live components and CI-L0 per module."""
-    metrics: dict[str, float] = {}
+    metrics: Metrics = {}
     ci_hot = one_hot_ci(cm, n_features, cfg.one_hot_magnitude)
     with torch.no_grad():
         cm.run_target(data)

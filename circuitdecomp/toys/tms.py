@@ -62,7 +62,7 @@ def train_checked_tms(cfg: TMSConfig, seed: int) -> tuple[TMS, int]:
         s = seed + 1000 * attempt
         model = train_tms(cfg, s)
         ok = features_reproduced(model)
-        if bool(ok.all()):
+        if bool(ok.all()) or not cfg.check_features:
             log.info("TMS target (seed %d) reproduces all %d features", s, ok.numel())
             return model, s
         log.warning("TMS target seed %d reproduces only %d/%d features; retraining with another seed", s, int(ok.sum()), ok.numel())
