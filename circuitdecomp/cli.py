@@ -13,6 +13,8 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from circuitdecomp.config import Config, config_dict, load_config
+from circuitdecomp.decomp.train import DivergenceError
+from circuitdecomp.interrupt import Interrupted
 from circuitdecomp.runio import save_config
 from circuitdecomp.tracking import Logger, make_logger
 
@@ -81,6 +83,14 @@ def hydra_script(job: str) -> Callable[[Task], Callable[[], None]]:
             logger = make_logger(cfg.tracking, out_dir, config_dict(cfg), name=f"{job}-{cfg.name}")
             try:
                 task(cfg, out_dir, logger)
+            except Interrupted as err:  # a checkpoint was written; the same command resumes
+                print(f"{err}; checkpoint in {out_dir}; re-run the same command with hydra.run.dir={out_dir} to resume",
+                      file=sys.stderr)
+                sys.exit(130)
+            except DivergenceError as err:
+                if verbose:
+                    raise
+                _fail(str(err))
             finally:
                 logger.finish()
             log.info("outputs in %s", out_dir)

@@ -52,3 +52,18 @@ def test_load_errors_name_the_file(tmp_path):
     bad.write_bytes(b"\x00\x01garbage")
     with pytest.raises(ValueError, match="t.safetensors"):
         load_tensors(bad)
+
+
+def test_collect_gathers_runs_into_one_table(tmp_path):
+    from circuitdecomp.collect import collect
+
+    for seed in (0, 1):
+        run = tmp_path / "sweep" / str(seed)
+        save_config(run, {"decomposition": {"seed": seed}})
+        update_metrics(run, {"decomp/mmcs": 0.5 + seed, "decomp/other": 1})
+    table = collect([tmp_path / "sweep"], ["decomp/mmcs"], ["decomposition.seed"])
+    assert table.columns == ["run", "decomposition.seed", "decomp/mmcs"]
+    assert [row[1:] for row in table.rows] == [[0, 0.5], [1, 1.5]]
+    assert "| 1 | 1.5 |" in table.markdown() and table.csv().count("\n") == 3
+    with pytest.raises(FileNotFoundError, match="no metrics.json"):
+        collect([tmp_path / "empty"], ["*"], [])

@@ -1,0 +1,52 @@
+"""Gather the metrics of many runs (a Hydra multirun, a folder of runs) into one table."""
+
+import csv
+import fnmatch
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from circuitdecomp.runio import load_run
+
+
+@dataclass(frozen=True)
+class Table:
+    columns: list[str]
+    rows: list[list[object]]
+
+    def markdown(self) -> str:
+        fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
+        lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
+        lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+    def csv(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(self.columns)
+        writer.writerows(self.rows)
+        return out.getvalue()
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def collect(roots: list[Path], metric_patterns: list[str], config_keys: list[str]) -> Table:
+    """One row per run directory under `roots` that has a metrics.json; columns: run, config keys, metrics."""
+    run_dirs = sorted({p.parent for root in roots for p in Path(root).rglob("metrics.json")})
+    if not run_dirs:
+        raise FileNotFoundError(f"no metrics.json under {[str(r) for r in roots]}")
+    runs = [load_run(d) for d in run_dirs]
+    keys = sorted({k for r in runs for k in r.metrics if any(fnmatch.fnmatchcase(k, p) for p in metric_patterns)})
+    rows = []
+    for r in runs:
+        cfg = _flatten(r.config)
+        rows.append([str(r.path), *[cfg.get(k) for k in config_keys], *[r.metrics.get(k) for k in keys]])
+    return Table(["run", *config_keys, *keys], rows)
