@@ -21,7 +21,8 @@ class EvaluationConfig(Frozen):
 
     one_hot_magnitude: float = 0.75  # input value for the single-feature CI patterns
     tolerance: float = 0.1  # CI counts as on above 1 - tol, off below tol
-    identity_ci: list[str] = field(default_factory=list)  # module patterns expected to be one component per feature
+    # Module patterns expected to be one component per feature; the first match gives the headline MMCS/ML2R.
+    identity_ci: list[str] = field(default_factory=list)
     dense_ci: list[DenseSpec] = field(default_factory=list)
     live_norm: float = 0.1  # a component is live if ||U_c|| ||V_c|| exceeds this and its CI ever exceeds ci_alive
     n_eval_batches: int = 4
