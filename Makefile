@@ -10,7 +10,7 @@ ARGS ?=
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	# torch first and pinned: an unpinned torch resolves to a multi-GB CUDA build.
+	@# torch first and pinned: an unpinned torch resolves to a multi-GB CUDA build.
 	$(VENV)/bin/pip install --quiet torch==2.13.0
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
@@ -25,7 +25,7 @@ test-slow: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m slow $(ARGS)
 
 bench: $(STAMP)
-	$(VENV)/bin/python scripts/bench_spd.py
+	$(VENV)/bin/python scripts/bench_spd.py $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -37,6 +37,13 @@ def test_importance_minimality_sums_components_and_averages_positions():
     assert L.importance_minimality_loss(g, p=2.0, eps=0.0).item() == pytest.approx(expected)
 
 
+def test_frequency_penalty():
+    g = {"a": torch.tensor([[1.0, 0.0], [1.0, 0.5]])}
+    # component 0: mean 1, sum 2 -> 1 * (1 + log2(3)); component 1: mean 0.25, sum 0.5 -> 0.25 * (1 + log2(1.5))
+    expected = (1 + math.log2(3)) + 0.25 * (1 + math.log2(1.5))
+    assert L.importance_minimality_loss(g, p=1.0, eps=0.0, beta=1.0).item() == pytest.approx(expected)
+
+
 def test_p_annealing():
     assert L.annealed_p(0.3, 2.0, None, 0.0, 1.0) == 2.0
     assert L.annealed_p(0.1, 2.0, 0.5, 0.2, 0.6) == 2.0

@@ -82,6 +82,7 @@ class DecompositionConfig(Frozen):
     pnorm_anneal_start: float = 0.0  # fraction of training
     pnorm_anneal_end: float = 1.0
     importance_eps: float = 1e-12
+    importance_beta: float = 0.0  # frequency penalty: cost x (1 + beta log2(1 + times used in the batch))
     # Evaluation and bookkeeping.
     ci_alive_threshold: float = 0.1
     eval_every: int = 1000

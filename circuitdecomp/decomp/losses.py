@@ -32,11 +32,20 @@ def faithfulness_loss(deltas: dict[str, Float[Tensor, "d_out d_in"]]) -> Float[T
     return total / sum(d.numel() for d in deltas.values())
 
 
-def importance_minimality_loss(ci_upper: dict[str, Float[Tensor, "*batch C"]], p: float, eps: float) -> Float[Tensor, ""]:
-    """sum over modules and components of mean over positions of (g + eps)^p."""
+def importance_minimality_loss(ci_upper: dict[str, Float[Tensor, "*batch C"]], p: float, eps: float,
+                               beta: float = 0.0) -> Float[Tensor, ""]:
+    """sum over modules and components of mean_c (1 + beta log2(1 + sum_c)), mean_c / sum_c of (g + eps)^p over positions.
+
+    beta > 0 makes a component's cost grow with how often it is used, so one component serving two features
+    costs more than two components serving one each.
+    """
     total = torch.zeros(())
     for g in ci_upper.values():
-        total = total + (g + eps).pow(p).flatten(0, -2).mean(0).sum()
+        per_position = (g + eps).pow(p).flatten(0, -2)
+        mean = per_position.mean(0)
+        if beta:
+            mean = mean * (1 + beta * torch.log2(1 + per_position.sum(0)))
+        total = total + mean.sum()
     return total
 
 

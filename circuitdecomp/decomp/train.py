@@ -86,7 +86,7 @@ def spd_losses(cm: ComponentModel, batch: Any, cfg: DecompositionConfig, frac: f
     if cfg.subset_recon_coeff > 0:
         terms["subset_recon"] = L.subset_recon_loss(run, target_out, masks, cfg.output_loss, gen)
     p = L.annealed_p(frac, cfg.pnorm, cfg.pnorm_final, cfg.pnorm_anneal_start, cfg.pnorm_anneal_end)
-    terms["importance_minimality"] = L.importance_minimality_loss(ci.upper, p, cfg.importance_eps)
+    terms["importance_minimality"] = L.importance_minimality_loss(ci.upper, p, cfg.importance_eps, cfg.importance_beta)
     coeffs = {"faithfulness": cfg.faithfulness_coeff, "stochastic_recon": cfg.stochastic_recon_coeff,
               "layerwise_recon": cfg.layerwise_recon_coeff, "subset_recon": cfg.subset_recon_coeff,
               "importance_minimality": cfg.importance_coeff}

@@ -20,3 +20,8 @@ def ci_heatmap(ci: dict[str, torch.Tensor], title: str = "") -> Figure:
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="causal importance")
     fig.suptitle(title)
     return fig
+
+
+def close_figure(fig: Figure) -> None:
+    """Free a figure once it is saved or logged (pyplot keeps every open figure alive)."""
+    plt.close(fig)

@@ -16,7 +16,7 @@ from circuitdecomp.target.config import ResidMLPConfig, TMSConfig
 from circuitdecomp.toys import resid_mlp, tms
 from circuitdecomp.toys.data import sparse_features
 from circuitdecomp.toys.evaluate import evaluate_toy, one_hot_ci
-from circuitdecomp.toys.plots import ci_heatmap
+from circuitdecomp.toys.plots import ci_heatmap, close_figure
 from circuitdecomp.tracking import Logger
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,9 @@ def decompose_toy(cfg: Config, out_dir: Path, logger: Logger) -> Metrics:
     eval_data = sparse_features(B, toy.n_features, toy.feature_prob, torch.Generator().manual_seed(cfg.seed + 7), low=toy.value_low)
 
     def eval_fn(model: ComponentModel, step: int) -> Metrics:
+        fig = ci_heatmap(one_hot_ci(model, toy.n_features, cfg.evaluation.one_hot_magnitude), f"{cfg.name}: step {step}")
+        logger.log_figure("decomp/ci_one_hot", fig, step=step)
+        close_figure(fig)
         return evaluate_toy(model, toy.n_features, cfg.evaluation, eval_data, cfg.decomposition.ci_alive_threshold)
 
     result = train_decomposition(cm, sample, cfg.decomposition, seed, out_dir, logger, eval_fn, cfg.tracking.log_every)
@@ -89,7 +92,7 @@ def decompose_toy(cfg: Config, out_dir: Path, logger: Logger) -> Metrics:
     save_tensors(Path(out_dir) / "decomposition.safetensors", {k: v.detach() for k, v in cm.named_trainables().items()})
     fig = ci_heatmap(one_hot_ci(cm, toy.n_features, cfg.evaluation.one_hot_magnitude), f"{cfg.name}: CI on single features")
     save_figure(out_dir, "ci_one_hot", fig)
-    logger.log_figure("decomp/ci_one_hot", fig)
+    close_figure(fig)
     update_metrics(out_dir, metrics)
     logger.log(metrics)
     return metrics
