@@ -75,3 +75,16 @@ def test_nan_input_is_caught(tmp_path):
     with pytest.raises(DivergenceError, match="step 4"):
         train_decomposition(cm, poisoned, cfg, seed=0, out_dir=tmp_path)
     assert latest_checkpoint(tmp_path).name == "step_00000004.safetensors"  # the last good state is kept
+
+
+def test_restarts_continue_the_best_initialisation(tmp_path, caplog):
+    import logging
+
+    cfg = _cfg(steps=10, restarts=3, restart_steps=4, restart_eval_batches=2)
+    cm = ComponentModel(_model(), cfg)
+    with caplog.at_level(logging.INFO, logger="circuitdecomp.decomp.restarts"):
+        result = train_decomposition(cm, _sample, cfg, seed=0, out_dir=tmp_path)
+    scores = [float(r.getMessage().split("loss ")[1].split(" ")[0]) for r in caplog.records if "held-out SPD loss" in r.getMessage()]
+    chosen = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("continuing restart"))
+    assert len(scores) == 3 and f"restart {scores.index(min(scores)) + 1} " in chosen
+    assert result.steps_done == 6  # 10 steps in all, 4 of them inside the restart phase

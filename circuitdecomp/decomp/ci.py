@@ -62,12 +62,17 @@ class PerComponentMLP(nn.Module):
         super().__init__()
         self.compile = compile
         widths = [1, *hidden, 1]
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
-        for i, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
-            gain = 2**0.5 if i < len(widths) - 2 else 1.0
-            self.weights.append(nn.Parameter(_kaiming((C, d_in, d_out), d_in, gain)))
-            self.biases.append(nn.Parameter(torch.zeros(C, d_out)))
+        self.weights = nn.ParameterList(nn.Parameter(torch.empty(C, a, b)) for a, b in zip(widths[:-1], widths[1:]))
+        self.biases = nn.ParameterList(nn.Parameter(torch.empty(C, b)) for b in widths[1:])
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Kaiming-normal weights (ReLU gain for hidden layers, linear for the output), zero biases."""
+        for i, (W, b) in enumerate(zip(self.weights, self.biases)):
+            gain = 2**0.5 if i < len(self.weights) - 1 else 1.0
+            W.copy_(_kaiming(tuple(W.shape), W.shape[1], gain))
+            b.zero_()
 
     def forward(self, acts: Float[Tensor, "*batch C"], x: Tensor | None = None) -> Float[Tensor, "*batch C"]:
         if len(self.weights) == 2:
@@ -90,8 +95,15 @@ class SharedMLP(nn.Module):
         for a, b in zip(widths[:-1], widths[1:]):
             layers += [nn.Linear(a, b), nn.GELU()]
         layers.append(nn.Linear(widths[-1], C))
-        nn.init.zeros_(layers[-1].bias)
         self.net = nn.Sequential(*layers)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        for layer in self.net:
+            if isinstance(layer, nn.Linear):
+                layer.reset_parameters()
+        self.net[-1].bias.zero_()
 
     def forward(self, acts: Float[Tensor, "*batch C"], x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch C"]:
         return self.net(x)

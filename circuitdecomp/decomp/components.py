@@ -54,9 +54,16 @@ class DecomposedModule(nn.Module):
         self.path, self.kind, self.C = path, kind, C
         self.d_out, self.d_in = W.shape
         self.base = base
-        self.V = nn.Parameter(torch.randn(self.d_in, C, dtype=W.dtype, device=W.device) / self.d_in**0.5)
-        self.U = nn.Parameter(torch.randn(C, self.d_out, dtype=W.dtype, device=W.device) / C**0.5)
+        self.V = nn.Parameter(torch.empty(self.d_in, C, dtype=W.dtype, device=W.device))
+        self.U = nn.Parameter(torch.empty(C, self.d_out, dtype=W.dtype, device=W.device))
+        self.reset_parameters()
         self._state = [state]  # a list, so nn.Module does not register it
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Fresh random V, U (from torch's global RNG); the faithfulness warm-up then fits them to W."""
+        self.V.copy_(torch.randn_like(self.V) / self.d_in**0.5)
+        self.U.copy_(torch.randn_like(self.U) / self.C**0.5)
 
     # Bridge code reads these from the module it wraps.
     @property

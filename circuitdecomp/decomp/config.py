@@ -83,6 +83,10 @@ class DecompositionConfig(Frozen):
     pnorm_anneal_end: float = 1.0
     importance_eps: float = 1e-12
     importance_beta: float = 0.0  # frequency penalty: cost x (1 + beta log2(1 + times used in the batch))
+    # Restarts: `restarts` initialisations trained for `restart_steps` each; the lowest held-out loss continues.
+    restarts: int = 1
+    restart_steps: int = 3000
+    restart_eval_batches: int = 8
     # Evaluation and bookkeeping.
     ci_alive_threshold: float = 0.1
     eval_every: int = 1000
@@ -97,6 +101,8 @@ class DecompositionConfig(Frozen):
         check(self.lr > 0, f"decomposition.lr={self.lr} must be > 0")
         check(0 <= self.lr_warmup_frac <= 1, f"decomposition.lr_warmup_frac={self.lr_warmup_frac} must be in [0, 1]")
         check(self.warmup_steps >= 0, f"decomposition.warmup_steps={self.warmup_steps} must be >= 0")
+        check(self.restarts >= 1 and self.restart_steps >= 1 and self.restart_eval_batches >= 1,
+              f"decomposition.restarts={self.restarts}, restart_steps, restart_eval_batches must be >= 1")
         check(self.n_mask_samples >= 1, f"decomposition.n_mask_samples={self.n_mask_samples} must be >= 1")
         check(self.pnorm > 0, f"decomposition.pnorm={self.pnorm} must be > 0")
         check(self.importance_coeff >= 0, f"decomposition.importance_coeff={self.importance_coeff} must be >= 0")

@@ -95,6 +95,13 @@ class ComponentModel(nn.Module):
             out.update({f"{path}/ci/{n}": p for n, p in self.ci_fns[_key(path)].named_parameters()})
         return out
 
+    def reset_parameters(self, seed: int) -> None:
+        """Redraw every component and CI-function parameter from `seed` (a restart)."""
+        torch.manual_seed(seed)
+        for path in self.paths:
+            self.component(path).reset_parameters()
+            self.ci_fns[_key(path)].reset_parameters()
+
     def component_parameters(self) -> list[nn.Parameter]:
         return [p for path in self.paths for p in (self.component(path).V, self.component(path).U)]
 

@@ -110,6 +110,37 @@ def _check_finite(step: int, total: torch.Tensor, terms: dict[str, torch.Tensor]
     )
 
 
+@dataclass
+class TrainState:
+    """What a step changes and a checkpoint keeps: parameters (by name), optimizer, RNG streams."""
+
+    named: dict[str, torch.nn.Parameter]
+    opt: torch.optim.Optimizer
+    gens: dict[str, torch.Generator]
+
+
+def fresh_state(cm: ComponentModel, cfg: DecompositionConfig, seed: int) -> TrainState:
+    named = cm.named_trainables()
+    gens = {"data": torch.Generator().manual_seed(seed), "masks": torch.Generator().manual_seed(seed + 1)}
+    return TrainState(named, torch.optim.Adam(list(named.values()), lr=cfg.lr), gens)
+
+
+def train_step(cm: ComponentModel, state: TrainState, sample_batch: SampleBatch, cfg: DecompositionConfig,
+               step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], CausalImportance, float]:
+    """One optimiser step; raises DivergenceError before touching the parameters if anything is non-finite."""
+    lr = lr_at(step, cfg)
+    for group in state.opt.param_groups:
+        group["lr"] = lr
+    batch = sample_batch(state.gens["data"])
+    total, terms, ci = spd_losses(cm, batch, cfg, step / max(1, cfg.steps), state.gens["masks"])
+    state.opt.zero_grad(set_to_none=True)
+    total.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(list(state.named.values()), float("inf")).item()
+    _check_finite(step, total, terms, grad_norm, cfg)
+    state.opt.step()
+    return total, terms, ci, lr
+
+
 def train_decomposition(
     cm: ComponentModel,
     sample_batch: SampleBatch,
@@ -121,15 +152,17 @@ def train_decomposition(
     log_every: int = 100,
 ) -> TrainResult:
     """Run SPD on `cm`; with `out_dir`, checkpoint there and resume from its latest checkpoint."""
+    from circuitdecomp.decomp.restarts import select_restart  # restarts reuse this module's step
+
     logger = logger or NullLogger()
-    torch.manual_seed(seed)  # CI-function and component init were drawn by the caller; this seeds any other torch use
-    gens = {"data": torch.Generator().manual_seed(seed), "masks": torch.Generator().manual_seed(seed + 1)}
-    named = cm.named_trainables()
-    opt = torch.optim.Adam(list(named.values()), lr=cfg.lr)
+    torch.manual_seed(seed)  # component and CI-function init were drawn by the caller; this seeds any other torch use
+    state = fresh_state(cm, cfg, seed)
     start = 0
     ckpt = latest_checkpoint(out_dir) if out_dir is not None else None
     if ckpt is not None:
-        start = load_checkpoint(ckpt, named, opt, gens)
+        start = load_checkpoint(ckpt, state.named, state.opt, state.gens)
+    elif cfg.restarts > 1:
+        start = select_restart(cm, state, sample_batch, cfg, seed)
     else:
         warm = faithfulness_warmup(cm, cfg)
         log.info("faithfulness warm-up: %d steps, loss %.3g", cfg.warmup_steps, warm)
@@ -138,25 +171,16 @@ def train_decomposition(
         for step in range(start, cfg.steps):
             if stop.set:
                 if out_dir is not None:
-                    path = save_checkpoint(out_dir, step, named, opt, gens)
+                    path = save_checkpoint(out_dir, step, state.named, state.opt, state.gens)
                     log.warning("%s received at step %d: checkpoint %s written; re-run the same command to resume", stop.signal_name, step, path)
                 raise Interrupted(f"stopped by {stop.signal_name} at step {step}")
-            lr = lr_at(step, cfg)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            batch = sample_batch(gens["data"])
-            total, terms, ci = spd_losses(cm, batch, cfg, step / max(1, cfg.steps), gens["masks"])
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(list(named.values()), float("inf")).item()
-            _check_finite(step, total, terms, grad_norm, cfg)
-            opt.step()
+            total, terms, ci, lr = train_step(cm, state, sample_batch, cfg, step)
             done += 1
             bar.update(1)
             if step % log_every == 0 or step == cfg.steps - 1:
                 metrics = {f"decomp/train/{k}": v.item() for k, v in terms.items()}
                 metrics.update({f"decomp/train/ci_l0/{p}": v for p, v in ci_l0(ci.lower, cfg.ci_alive_threshold).items()})
-                metrics.update({"decomp/train/lr": lr, "decomp/train/loss": total.item(), "decomp/train/grad_norm": grad_norm})
+                metrics.update({"decomp/train/lr": lr, "decomp/train/loss": total.item()})
                 logger.log(metrics, step=step)
                 bar.set_postfix(loss=f"{total.item():.3g}", imp=f"{terms['importance_minimality'].item():.3g}")
             if (step + 1) % cfg.eval_every == 0:
@@ -167,7 +191,7 @@ def train_decomposition(
                 if eval_fn is not None:
                     logger.log(eval_fn(cm, step + 1), step=step + 1)
             if out_dir is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
-                save_checkpoint(out_dir, step + 1, named, opt, gens)
+                save_checkpoint(out_dir, step + 1, state.named, state.opt, state.gens)
     seconds = time.perf_counter() - t0
     final = {k: v.item() for k, v in terms.items()}
     return TrainResult(steps_done=done, final_losses=final, seconds=seconds, ms_per_step=1000 * seconds / max(1, done))
