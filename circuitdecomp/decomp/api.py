@@ -63,13 +63,13 @@ class Decomposition:
         t = self.config.ci_alive_threshold if threshold is None else threshold
         return {p: (g.flatten(0, -2).max(0).values > t).nonzero().flatten() for p, g in self.causal_importance(batch).items()}
 
-    def save(self, path: Path) -> Path:
+    def save(self, path: str | Path) -> Path:
         """One safetensors file: every trained tensor plus the config (as metadata)."""
         tensors = {k: v.detach() for k, v in self.cm.named_trainables().items()}
         return save_tensors(Path(path), tensors, {"config": json.dumps(to_plain(self.config))})
 
     @classmethod
-    def load(cls, path: Path, model: nn.Module) -> "Decomposition":
+    def load(cls, path: str | Path, model: nn.Module) -> "Decomposition":
         """Rebuild a saved decomposition around the same (frozen) model."""
         with safe_open(str(path), framework="pt") as f:
             raw = json.loads(f.metadata()["config"])
@@ -92,7 +92,7 @@ def _enum(annotation: Any, value: Any) -> Any:
 
 
 def decompose(model: nn.Module, module_patterns: dict[str, int], batches: Iterable[Any],
-              config: DecompositionConfig | None = None, out_dir: Path | None = None, seed: int = 0) -> Decomposition:
+              config: DecompositionConfig | None = None, out_dir: str | Path | None = None, seed: int = 0) -> Decomposition:
     """Run SPD on any frozen nn.Module. `module_patterns` maps fnmatch patterns to C; `batches` yields inputs.
 
     The output loss (MSE or KL on logits), steps, coefficients etc. come from `config`; its `modules` field is
@@ -115,7 +115,7 @@ def decompose(model: nn.Module, module_patterns: dict[str, int], batches: Iterab
         except StopIteration:
             raise ValueError(f"batches ran out before decomposition.steps={config.steps}; pass an endless generator") from None
 
-    result = train_decomposition(cm, sample, config, seed, out_dir)
+    result = train_decomposition(cm, sample, config, seed, None if out_dir is None else Path(out_dir))
     return Decomposition(cm, config, result)
 
 
