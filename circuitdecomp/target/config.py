@@ -38,6 +38,7 @@ class TMSConfig(TargetConfig):
     n_hidden: int = 2
     feature_prob: float = 0.05
     max_attempts: int = 8  # re-train with new seeds until every feature is reproduced
+    check_features: bool = True  # refuse a target that misses features (off only for quick smoke runs)
 
     def __post_init__(self) -> None:
         check(0 < self.feature_prob <= 1, f"target.feature_prob={self.feature_prob} must be in (0, 1]")
