@@ -13,7 +13,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from circuitdecomp.decomp.config import DecompositionConfig
 from circuitdecomp.evaluate.config import EvaluationConfig
 from circuitdecomp.frozen import Frozen, check
-from circuitdecomp.target.config import ResidMLPConfig, TargetConfig, TMSConfig
+from circuitdecomp.target.config import ResidMLPConfig, TargetConfig, TargetKind, TMSConfig, TransformerTargetConfig
 from circuitdecomp.tracking import TrackingConfig
 from circuitdecomp.world.config import WorldConfig
 
@@ -42,6 +42,8 @@ def register() -> None:
     cs.store(group="world", name="schema", node=WorldConfig)
     cs.store(group="target", name="schema_tms", node=TMSConfig)
     cs.store(group="target", name="schema_resid_mlp", node=ResidMLPConfig)
+    cs.store(group="target", name="schema_trained", node=TransformerTargetConfig)
+    cs.store(group="target", name="schema_planted", node=TransformerTargetConfig(kind=TargetKind.planted))
     cs.store(group="decomposition", name="schema", node=DecompositionConfig)
     cs.store(group="evaluation", name="schema", node=EvaluationConfig)
     cs.store(group="tracking", name="schema", node=TrackingConfig)

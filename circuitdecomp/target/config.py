@@ -1,9 +1,10 @@
 """Config of the models that get decomposed: the toy targets and the animal-world transformer."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from circuitdecomp.frozen import Frozen, check
+from circuitdecomp.world.vocab import QuestionType
 
 
 class TargetKind(str, Enum):
@@ -62,4 +63,60 @@ class ResidMLPConfig(TargetConfig):
 
     def __post_init__(self) -> None:
         check(0 < self.feature_prob <= 1, f"target.feature_prob={self.feature_prob} must be in (0, 1]")
+        super().__post_init__()
+
+
+QUESTION_TYPES = [q.name for q in QuestionType]
+
+
+def _default_mix() -> dict[str, float]:
+    # facts are ~10% of all inputs but the hardest to learn (memorised per animal): sample them a third of the time
+    return {"attribute": 0.35, "size_animal": 0.15, "size_house": 0.1, "size_economy": 0.05, "fact": 0.35}
+
+
+@dataclass
+class TransformerTargetConfig(TargetConfig):
+    """The animal-world transformer (TransformerLens, built natively): trained, or planted by construction.
+
+    Architecture (shared by both): `n_layers` blocks of attention + ReLU MLP, no LayerNorm. Entity embedding
+    rows are fixed at the world's directions; attention reads and writes only the context subspace, so the
+    entity's residual at the read-out position is exactly its embedding plus question information.
+    """
+
+    kind: TargetKind = TargetKind.trained
+    n_layers: int = 1
+    n_heads: int = 1
+    d_mlp: int | None = None  # None: width_factor x the planted width (n_animals + 4 n_attribute_questions + n_facts)
+    width_factor: float = 1.0
+    train_steps: int = 3000
+    batch_size: int = 1024
+    lr: float = 3e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    label_smoothing: float = 0.05  # caps logit saturation: the optimum has finite margins
+    act_l1: float = 0.03  # L1 on MLP activations on fact questions: pressure towards one unit per animal
+    init_bias: float = 0.0  # initial MLP input bias; negative starts each neuron firing for few inputs
+    template_share: float = 1.0  # share of MLP units initialised as templates of random training fact inputs (data init)
+    template_threshold: float = 0.8  # a template unit starts firing above this cosine with its input's entity
+    question_mix: dict[str, float] = field(default_factory=_default_mix)
+    eval_every: int = 500  # held-out accuracy during training (0: only at the end)
+    planted_logit_scale: float = 10.0  # planted: logit of one vote; margins are this minus < 2.5 of interference
+    lookup_active_fraction: float = 0.1  # a unit serves an animal if it reaches this fraction of its peak activation
+
+    def __post_init__(self) -> None:
+        check(self.kind in (TargetKind.trained, TargetKind.planted),
+              f"target.kind={self.kind.value}: the animal-world transformer is 'trained' or 'planted'")
+        check(self.n_layers in (1, 2), f"target.n_layers={self.n_layers}: the animal-world target has 1 or 2 layers")
+        check(self.n_heads >= 1, f"target.n_heads={self.n_heads} must be >= 1")
+        check(self.d_mlp is None or self.d_mlp >= 1, f"target.d_mlp={self.d_mlp} must be >= 1 or null (automatic)")
+        check(self.width_factor > 0, f"target.width_factor={self.width_factor} must be > 0")
+        check(self.weight_decay >= 0 and self.act_l1 >= 0, "target.weight_decay and target.act_l1 must be >= 0")
+        check(0 <= self.label_smoothing < 1, f"target.label_smoothing={self.label_smoothing} must be in [0, 1)")
+        check(0 <= self.template_share <= 1, f"target.template_share={self.template_share} must be in [0, 1]")
+        check(0 < self.template_threshold < 1, f"target.template_threshold={self.template_threshold} must be in (0, 1)")
+        check(0 < self.lookup_active_fraction < 1, f"target.lookup_active_fraction={self.lookup_active_fraction} must be in (0, 1)")
+        unknown = sorted(set(self.question_mix) - set(QUESTION_TYPES))
+        check(not unknown, f"target.question_mix has unknown question types {unknown}; known: {list(QUESTION_TYPES)}")
+        check(all(w >= 0 for w in self.question_mix.values()) and sum(self.question_mix.values()) > 0,
+              f"target.question_mix={dict(self.question_mix)} needs non-negative weights with a positive sum")
         super().__post_init__()

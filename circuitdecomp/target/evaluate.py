@@ -1,0 +1,48 @@
+"""Accuracy per question type and logit saturation of a target on the world's inputs."""
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from circuitdecomp.target.model import readout_logits
+from circuitdecomp.world.questions import Examples
+from circuitdecomp.world.vocab import QuestionType
+
+
+@torch.no_grad()
+def predict(model: nn.Module, examples: Examples, batch_size: int = 4096) -> Float[Tensor, "n d_vocab"]:
+    """Read-out logits for every row, in batches."""
+    return torch.cat([readout_logits(model, examples.tokens[s:s + batch_size]) for s in range(0, len(examples), batch_size)])
+
+
+def accuracy_by_type(logits: Float[Tensor, "n d_vocab"], examples: Examples, prefix: str) -> dict[str, float]:
+    """`<prefix>/<question_type>` accuracies (argmax over the whole vocabulary), for types that have rows."""
+    correct = logits.argmax(-1) == examples.answer
+    out = {}
+    for qtype in QuestionType:
+        rows = examples.qtype == int(qtype)
+        if rows.any():
+            out[f"{prefix}/{qtype.name}"] = correct[rows].float().mean().item()
+    return out
+
+
+def saturation(logits: Float[Tensor, "n d_vocab"], examples: Examples) -> dict[str, float]:
+    """How saturated the answers are: probability of the right answer, its logit margin, share above p=0.99."""
+    p = logits.softmax(-1).gather(1, examples.answer[:, None]).squeeze(1)
+    right = logits.gather(1, examples.answer[:, None]).squeeze(1)
+    others = logits.scatter(1, examples.answer[:, None], float("-inf")).max(-1).values
+    margin = right - others
+    return {"target/saturation/mean_p_correct": p.mean().item(), "target/saturation/frac_p_above_0.99": (p > 0.99).float().mean().item(),
+            "target/saturation/mean_logit_margin": margin.mean().item(), "target/saturation/median_logit_margin": margin.median().item(),
+            "target/saturation/max_logit": logits.max().item()}
+
+
+def evaluate_target(model: nn.Module, examples: Examples) -> dict[str, float]:
+    """Held-out accuracy (`target/accuracy/<type>`), training accuracy and saturation."""
+    logits = predict(model, examples)
+    held, train = ~examples.is_train, examples.is_train
+    metrics = accuracy_by_type(logits[held], examples.subset(held), "target/accuracy")
+    metrics |= accuracy_by_type(logits[train], examples.subset(train), "target/train_accuracy")
+    metrics["target/accuracy/min"] = min(v for k, v in metrics.items() if k.startswith("target/accuracy/"))
+    metrics |= saturation(logits, examples)
+    return metrics
