@@ -15,7 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 from circuitdecomp.config import Config, config_dict, load_config
 from circuitdecomp.decomp.train import DivergenceError
 from circuitdecomp.interrupt import Interrupted
-from circuitdecomp.runio import save_config
+from circuitdecomp.runio import check_writable, save_config
 from circuitdecomp.tracking import Logger, make_logger
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -79,6 +79,10 @@ def hydra_script(job: str) -> Callable[[Task], Callable[[], None]]:
                     raise
                 _fail(str(err).splitlines()[0])
             out_dir = Path(HydraConfig.get().runtime.output_dir)
+            try:
+                check_writable(out_dir)
+            except OSError as err:
+                _fail(str(err))
             save_config(out_dir, cfg)
             logger = make_logger(cfg.tracking, out_dir, config_dict(cfg), name=f"{job}-{cfg.name}")
             try:

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from enum import Enum
@@ -32,6 +33,23 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def check_writable(out_dir: Path, min_free_mb: int = 200) -> None:
+    """Fail before any work when the run directory cannot be written or its disk is nearly full."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise OSError(f"cannot write to the run directory {out_dir}: {err.strerror or err}; "
+                      "pick another with hydra.run.dir=...") from err
+    free_mb = shutil.disk_usage(out_dir).free // 2**20
+    if free_mb < min_free_mb:
+        raise OSError(f"only {free_mb} MB free on the disk of {out_dir} (need {min_free_mb} MB); free space or "
+                      "pick another hydra.run.dir")
 
 
 def write_text(path: Path, text: str) -> Path:

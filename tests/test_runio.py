@@ -67,3 +67,25 @@ def test_collect_gathers_runs_into_one_table(tmp_path):
     assert "| 1 | 1.5 |" in table.markdown() and table.csv().count("\n") == 3
     with pytest.raises(FileNotFoundError, match="no metrics.json"):
         collect([tmp_path / "empty"], ["*"], [])
+
+
+def test_unwritable_or_full_run_dir_fails_before_work(tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from circuitdecomp.runio import check_writable
+
+    check_writable(tmp_path / "new")  # creates it
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    if os.geteuid() != 0:  # root ignores permission bits
+        with pytest.raises(OSError, match="cannot write to the run directory"):
+            check_writable(locked / "run")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OSError, match="cannot write to the run directory"):
+        check_writable(blocker / "run")  # a path under a regular file
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 5 * 2**20))
+    with pytest.raises(OSError, match="only 5 MB free"):
+        check_writable(tmp_path / "new")
