@@ -8,7 +8,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from circuitdecomp.decomp.adapters import find_slots, insert_identity, match_slots
+from circuitdecomp.decomp.adapters import WeightKind, find_slots, insert_identity, match_slots
 from circuitdecomp.decomp.ci import PerComponentMLP, SharedMLP, lower_leaky_hard_sigmoid, upper_leaky_hard_sigmoid
 from circuitdecomp.decomp.components import DecomposedModule, MaskInfo, PassState
 from circuitdecomp.decomp.config import CIFnType, DecompositionConfig
@@ -69,7 +69,7 @@ class ComponentModel(nn.Module):
                 case CIFnType.mlp:
                     self.ci_fns[_key(path)] = PerComponentMLP(C_of[path], list(cfg.ci_hidden), compile=cfg.compile)
                 case CIFnType.shared_mlp:
-                    d_in = comp.C if comp.kind.value == "embedding" else comp.d_in
+                    d_in = comp.C if comp.kind is WeightKind.embedding else comp.d_in
                     self.ci_fns[_key(path)] = SharedMLP(C_of[path], d_in, list(cfg.ci_hidden))
             self._originals[path] = base
         self.attach()
@@ -131,7 +131,7 @@ class ComponentModel(nn.Module):
                 raise RuntimeError(f"'{path}' did not run in the last target pass; is it used by the model's forward?")
             acts = comp.cached_acts(key)
             x = self.state.inputs[key]
-            ci_in = acts if comp.kind.value == "embedding" else x
+            ci_in = acts if comp.kind is WeightKind.embedding else x
             pre = self.ci_fns[_key(path)](acts, ci_in)
             lower[path] = lower_leaky_hard_sigmoid(pre, self.leak)
             upper[path] = upper_leaky_hard_sigmoid(pre, self.leak)
