@@ -3,6 +3,9 @@
 SPD's loss landscape has local minima in which one feature is served by a combination of other features'
 components (seen on TMS 5-2: one seed in three). Such runs end with a visibly higher total loss, so picking
 among restarts by the training objective itself (no ground truth involved) removes most of them.
+
+The selection phase writes no checkpoints: a run stopped during it starts the selection again on re-run
+(checkpoints, and bit-identical resume, begin with the chosen restart).
 """
 
 import copy
