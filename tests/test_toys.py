@@ -69,4 +69,8 @@ def test_target_solution_errors():
     dense = torch.zeros(4, 6)
     dense[:, [1, 3]] = 1.0
     assert dense_error(dense, 2, 0.1) == 0
-    assert dense_error(dense, 3, 0.1) == 1
+    assert dense_error(dense, 3, 0.1) == 1  # a third busy component is missing
+    dense[0, 3] = 0.0  # feature 0 needs only one of the two: still the dense-2 solution
+    assert dense_error(dense, 2, 0.1) == 0
+    dense[2, 5] = 0.5  # stray activity on a third component
+    assert dense_error(dense, 2, 0.1) == 1

@@ -43,9 +43,14 @@ def identity_error(ci: Float[Tensor, "n_features C"], tol: float) -> int:
 
 
 def dense_error(ci: Float[Tensor, "n_features C"], k: int, tol: float) -> int:
-    """Deviation from "the same k components on for every feature": missing strong columns + stray activity."""
+    """Deviation from "k components carry the module" (the paper's dense-k pattern, e.g. an identity of rank k).
+
+    Counts the k busiest columns that are never strongly on (>= 1 - tol for some feature) plus every entry above
+    tol outside them. A feature may use fewer than k of them: a feature whose direction is one component's
+    read direction needs only that component.
+    """
     p = ci[:, ci.sum(0).argsort(descending=True)]
-    missing = (p[:, :k] < 1 - tol).any(0).sum()
+    missing = ((p[:, :k] >= 1 - tol).sum(0) == 0).sum()
     stray = (p[:, k:] > tol).sum()
     return int(missing + stray)
 
