@@ -1,7 +1,7 @@
 """Restarts: train several initialisations for a while, keep the one with the lowest SPD loss, continue it.
 
 SPD's loss landscape has local minima in which one feature is served by a combination of other features'
-components (seen on TMS 5-2: one seed in three). Such runs end with a visibly higher total loss, so picking
+components (seen on TMS 5-2: 3 of 5 single-initialisation seeds). Such runs end with a visibly higher total loss, so picking
 among restarts by the training objective itself (no ground truth involved) removes most of them.
 
 The selection phase writes no checkpoints: a run stopped during it starts the selection again on re-run

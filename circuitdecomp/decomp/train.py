@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -125,8 +125,16 @@ def fresh_state(cm: ComponentModel, cfg: DecompositionConfig, seed: int) -> Trai
     return TrainState(named, torch.optim.Adam(list(named.values()), lr=cfg.lr), gens)
 
 
+class StepResult(NamedTuple):
+    total: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    ci: CausalImportance
+    lr: float
+    grad_norm: float
+
+
 def train_step(cm: ComponentModel, state: TrainState, sample_batch: SampleBatch, cfg: DecompositionConfig,
-               step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], CausalImportance, float]:
+               step: int) -> StepResult:
     """One optimiser step; raises DivergenceError before touching the parameters if anything is non-finite."""
     lr = lr_at(step, cfg)
     for group in state.opt.param_groups:
@@ -138,7 +146,7 @@ def train_step(cm: ComponentModel, state: TrainState, sample_batch: SampleBatch,
     grad_norm = torch.nn.utils.clip_grad_norm_(list(state.named.values()), float("inf")).item()
     _check_finite(step, total, terms, grad_norm, cfg)
     state.opt.step()
-    return total, terms, ci, lr
+    return StepResult(total, terms, ci, lr, grad_norm)
 
 
 def train_decomposition(
@@ -174,13 +182,13 @@ def train_decomposition(
                     path = save_checkpoint(out_dir, step, state.named, state.opt, state.gens)
                     log.warning("%s received at step %d: checkpoint %s written; re-run the same command to resume", stop.signal_name, step, path)
                 raise Interrupted(f"stopped by {stop.signal_name} at step {step}")
-            total, terms, ci, lr = train_step(cm, state, sample_batch, cfg, step)
+            total, terms, ci, lr, grad_norm = train_step(cm, state, sample_batch, cfg, step)
             done += 1
             bar.update(1)
             if step % log_every == 0 or step == cfg.steps - 1:
                 metrics = {f"decomp/train/{k}": v.item() for k, v in terms.items()}
                 metrics.update({f"decomp/train/ci_l0/{p}": v for p, v in ci_l0(ci.lower, cfg.ci_alive_threshold).items()})
-                metrics.update({"decomp/train/lr": lr, "decomp/train/loss": total.item()})
+                metrics.update({"decomp/train/lr": lr, "decomp/train/loss": total.item(), "decomp/train/grad_norm": grad_norm})
                 logger.log(metrics, step=step)
                 bar.set_postfix(loss=f"{total.item():.3g}", imp=f"{terms['importance_minimality'].item():.3g}")
             if (step + 1) % cfg.eval_every == 0:
