@@ -5,6 +5,7 @@ import fnmatch
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from circuitdecomp.runio import load_run
 
@@ -50,3 +51,26 @@ def collect(roots: list[Path], metric_patterns: list[str], config_keys: list[str
         cfg = _flatten(r.config)
         rows.append([str(r.path), *[cfg.get(k) for k in config_keys], *[r.metrics.get(k) for k in keys]])
     return Table(["run", *config_keys, *keys], rows)
+
+
+def plot(table: Table, x: str, ys: list[str]) -> Any:
+    """One panel per metric column matching `ys` (fnmatch): its value in every run against column `x`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if x not in table.columns:
+        raise ValueError(f"--plot x={x!r} is not a column; columns: {table.columns} (add it with --config)")
+    cols = [c for c in table.columns[1:] if c != x and any(fnmatch.fnmatchcase(c, y) for y in ys)]
+    if not cols:
+        raise ValueError(f"no column matches {ys}; columns: {table.columns}")
+    xi = table.columns.index(x)
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.6 * len(cols), 3), squeeze=False)
+    for ax, col in zip(axes[0], cols):
+        ci = table.columns.index(col)
+        points = sorted((row[xi], row[ci]) for row in table.rows if row[xi] is not None and row[ci] is not None)
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-")
+        ax.set(xlabel=x, title=col)
+    fig.tight_layout()
+    return fig

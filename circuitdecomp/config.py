@@ -4,18 +4,32 @@ Scripts call `load_config(dictcfg)`; library code only ever sees the frozen data
 """
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from circuitdecomp.baselines.config import BaselinesConfig
 from circuitdecomp.decomp.config import DecompositionConfig
 from circuitdecomp.evaluate.config import EvaluationConfig
+from circuitdecomp.features.config import FeaturesConfig
 from circuitdecomp.frozen import Frozen, check
 from circuitdecomp.target.config import ResidMLPConfig, TargetConfig, TargetKind, TMSConfig, TransformerTargetConfig
 from circuitdecomp.tracking import TrackingConfig
 from circuitdecomp.world.config import WorldConfig
+
+
+class Stage(str, Enum):
+    """Stages of the main job (scripts/pipeline.py), in the order they run."""
+
+    target = "target"  # world + target (trained or planted) + its checks
+    decompose = "decompose"  # SPD on the target
+    features = "features"  # features from circuits, scored against ground truth
+    baselines = "baselines"  # SAE sweep on the same inputs, scored by the same code
+    report = "report"  # report.md
 
 
 @dataclass
@@ -25,13 +39,22 @@ class Config(Frozen):
     world: WorldConfig = MISSING
     target: TargetConfig = MISSING
     decomposition: DecompositionConfig = MISSING
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     seed: int = 0
     name: str = "run"
+    stages: list[Stage] = field(default_factory=lambda: list(Stage))  # scripts/pipeline.py: which stages to (re-)run
 
     def __post_init__(self) -> None:
         check(self.seed >= 0, f"seed={self.seed} must be >= 0")
+        check(re.fullmatch(r"[\w.-]+", self.name) is not None,
+              f"name={self.name!r} must be a non-empty run name of letters, digits, '_', '-' or '.' (it names runs and artifacts)")
+        if isinstance(self.target, TransformerTargetConfig) and isinstance(self.world, WorldConfig):
+            d = self.world.resid_dim
+            check(d % self.target.n_heads == 0,
+                  f"target.n_heads={self.target.n_heads} does not divide the residual width {d} (world.d_model); pick a divisor of {d}")
         super().__post_init__()
 
 
@@ -47,6 +70,7 @@ def register() -> None:
     cs.store(group="decomposition", name="schema", node=DecompositionConfig)
     cs.store(group="evaluation", name="schema", node=EvaluationConfig)
     cs.store(group="tracking", name="schema", node=TrackingConfig)
+    cs.store(group="baselines", name="schema", node=BaselinesConfig)
 
 
 register()

@@ -23,7 +23,11 @@ class Frozen:
         object.__setattr__(self, name, value)
 
 
+class ConfigError(ValueError):
+    """A config value is out of range or inconsistent; the message names the key, the value and the fix."""
+
+
 def check(condition: bool, message: str) -> None:
-    """Raise ValueError(message) unless condition holds: config validation in one line."""
+    """Raise ConfigError(message) unless condition holds: config validation in one line."""
     if not condition:
-        raise ValueError(message)
+        raise ConfigError(message)

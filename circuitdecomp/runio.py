@@ -1,6 +1,7 @@
 """Run directories: atomic writes of configs, tensors, metrics and figures, and reading a run back."""
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -18,6 +19,23 @@ from safetensors.torch import load_file, save_file
 METRICS_FILE = "metrics.json"
 Metrics = dict[str, float | int]  # flat, namespaced: "stage/group/name" -> number
 CONFIG_FILE = "config.yaml"
+MIN_FREE_MB = 200  # a floor for every run: world, target, checkpoints and wandb files of the configs here take < 50 MB
+
+
+class RunFileError(Exception):
+    """A file or directory of a run is missing, unreadable or does not fit: the CLI prints it in one line (exit 2)."""
+
+
+class MissingRunFile(RunFileError, FileNotFoundError):
+    """A file or run directory that should be there is not."""
+
+
+class BadRunFile(RunFileError, ValueError):
+    """A file that is there but truncated, corrupt, incomplete or written for another config."""
+
+
+class DiskFull(RunFileError, OSError):
+    """Not enough free space for the next write; what was written before is complete and kept."""
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
@@ -29,13 +47,18 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     try:
         write(Path(tmp))
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise DiskFull(f"disk full while writing {path}; the previous version of the file (if any) is intact: "
+                           "free space and re-run the same command") from err
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
 
 
-def check_writable(out_dir: Path, min_free_mb: int = 200) -> None:
+def check_writable(out_dir: Path, min_free_mb: int = MIN_FREE_MB) -> None:
     """Fail before any work when the run directory cannot be written or its disk is nearly full."""
     out_dir = Path(out_dir)
     try:
@@ -46,10 +69,15 @@ def check_writable(out_dir: Path, min_free_mb: int = 200) -> None:
     except OSError as err:
         raise OSError(f"cannot write to the run directory {out_dir}: {err.strerror or err}; "
                       "pick another with hydra.run.dir=...") from err
-    free_mb = shutil.disk_usage(out_dir).free // 2**20
-    if free_mb < min_free_mb:
-        raise OSError(f"only {free_mb} MB free on the disk of {out_dir} (need {min_free_mb} MB); free space or "
-                      "pick another hydra.run.dir")
+    check_free_space(out_dir, min_free_mb * 2**20, "this run")
+
+
+def check_free_space(out_dir: Path, need_bytes: int, what: str) -> None:
+    """Raise DiskFull unless the disk of `out_dir` has `need_bytes` free."""
+    free = shutil.disk_usage(out_dir).free
+    if free < need_bytes:
+        raise DiskFull(f"only {free // 2**20} MB free on the disk of {out_dir}, {what} needs {-(-need_bytes // 2**20)} MB; "
+                       "free space or pick another hydra.run.dir")
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -77,6 +105,32 @@ def save_config(out_dir: Path, cfg: Any) -> Path:
     return write_text(Path(out_dir) / CONFIG_FILE, yaml.safe_dump(to_plain(cfg), sort_keys=False))
 
 
+def load_saved_config(out_dir: Path) -> dict[str, Any] | None:
+    """A run's `config.yaml` as a plain dict (None when there is none), naming the file when it is unreadable."""
+    path = Path(out_dir) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise BadRunFile(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from err
+    if config is not None and not isinstance(config, dict):
+        raise BadRunFile(f"{path} holds a {type(config).__name__}, not a config mapping")
+    return config or {}
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
+    """`key: saved -> current` for every dotted key whose value differs (keys starting with `ignore` skipped)."""
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, Mapping):
+            return {prefix[:-1]: d}
+        return {k: v for key, val in d.items() for k, v in flat(val, f"{prefix}{key}.").items()}
+
+    a, b = flat(saved), flat(to_plain(current))
+    keys = sorted(k for k in set(a) | set(b) if not k.startswith(ignore) and a.get(k, "<absent>") != b.get(k, "<absent>"))
+    return [f"{k}: {a.get(k, '<absent>')} -> {b.get(k, '<absent>')}" for k in keys]
+
+
 def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> Path:
     """Atomically save a flat {name: tensor} map as safetensors (contiguous CPU copies)."""
     plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
@@ -87,18 +141,32 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     """Load a safetensors file, naming the file when it is missing or unreadable."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"tensor file not found: {path}")
+        raise MissingRunFile(f"tensor file not found: {path}")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as err:
-        raise ValueError(f"cannot read {path}: {err} (is it truncated or from another program?)") from err
+        raise BadRunFile(f"cannot read {path}: {err} (is it truncated or from another program?)") from err
 
 
 def require_keys(tensors: Mapping[str, torch.Tensor], keys: list[str], path: Path) -> None:
     """Fail naming the file and the missing keys."""
     missing = [k for k in keys if k not in tensors]
     if missing:
-        raise KeyError(f"{path} lacks keys {missing}; it has {sorted(tensors)}")
+        raise BadRunFile(f"{path} lacks keys {missing}; it has {sorted(tensors)}")
+
+
+def load_module_state(module: torch.nn.Module, path: Path) -> None:
+    """Load a safetensors state dict into `module` strictly; a file made for another config fails naming it."""
+    saved = load_tensors(path)
+    own = module.state_dict()
+    missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+    shapes = [f"{k}: file {tuple(saved[k].shape)}, model {tuple(own[k].shape)}"
+              for k in own if k in saved and saved[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise BadRunFile(f"{path} does not fit this model (written with another config?): missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}, shape mismatch {shapes[:3]}; use the config it was made "
+                         "with, or delete the file to make it again")
+    module.load_state_dict(saved, strict=True)
 
 
 def update_metrics(out_dir: Path, metrics: Mapping[str, float | int | str]) -> dict[str, Any]:
@@ -119,7 +187,7 @@ def load_metrics(out_dir: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
+        raise BadRunFile(f"{path} is not valid JSON: {err}") from err
 
 
 def save_figure(out_dir: Path, name: str, fig: Any) -> Path:
@@ -152,10 +220,9 @@ def load_run(path: Path) -> Run:
     """Read a run directory written by any script."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"run directory not found: {path}")
-    config_path = path / CONFIG_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{path} is not a run directory: it has no {CONFIG_FILE}")
-    config = yaml.safe_load(config_path.read_text()) or {}
+        raise MissingRunFile(f"run directory not found: {path}")
+    config = load_saved_config(path)
+    if config is None:
+        raise MissingRunFile(f"{path} is not a run directory: it has no {CONFIG_FILE}")
     metrics = load_metrics(path) if (path / METRICS_FILE).exists() else {}
     return Run(path=path, config=config, metrics=metrics)

@@ -7,7 +7,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from circuitdecomp.frozen import Frozen
+from circuitdecomp.frozen import Frozen, check
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,11 @@ class TrackingConfig(Frozen):
     project: str = "circuitdecomp"
     entity: str | None = None
     log_every: int = 100
+
+    def __post_init__(self) -> None:
+        check(bool(self.project), "tracking.project is empty; name a wandb project")
+        check(self.log_every >= 1, f"tracking.log_every={self.log_every} must be >= 1")
+        super().__post_init__()
 
 
 @runtime_checkable
@@ -83,7 +88,7 @@ class WandbLogger:
 
 
 def make_logger(cfg: TrackingConfig, out_dir: Path, config: dict[str, Any], name: str) -> Logger:
-    """A wandb logger unless tracking is disabled by config or by `WANDB_MODE=disabled` (tests)."""
-    if cfg.mode is TrackingMode.disabled or os.environ.get("WANDB_MODE") == "disabled":
+    """A wandb logger unless tracking is disabled by config, by `WANDB_MODE=disabled` (tests), or this is not rank 0 of torchrun."""
+    if cfg.mode is TrackingMode.disabled or os.environ.get("WANDB_MODE") == "disabled" or os.environ.get("RANK", "0") != "0":
         return NullLogger()
     return WandbLogger(cfg, out_dir, config, name)

@@ -1,8 +1,8 @@
-"""The main job (`make run`): every stage that exists, on the default config.
+"""The main job (`make run`): world -> target -> decomposition -> features -> evaluation -> baselines -> report.
 
-Today that is the SPD decomposition of the default target (TMS 5-2, the paper's first check), scored against
-its known mechanisms; the animal-world stages (world -> target -> decomposition -> features -> evaluation ->
-report) join here as they land.
+`python scripts/pipeline.py` runs every stage on the default config (world=demo, target=trained) into a new run
+dir; `hydra.run.dir=<run dir> stages=[features,report]` re-runs some stages on an existing one, and re-running a
+command resumes it (finished stages are reused, the decomposition continues from its latest checkpoint).
 """
 
 from pathlib import Path
@@ -11,14 +11,20 @@ from circuitdecomp.cli import hydra_script
 from circuitdecomp.config import Config
 from circuitdecomp.tracking import Logger
 
+_SHOWN = ("target/accuracy/min", "target/circuits/animals_per_lookup_unit", "decomp/faithfulness/components/relative_accuracy",
+          "recovery/animals/frac_cos90", "recovery/attributes/frac_cos90", "recovery/animals/coef_recall",
+          "recovery/attributes/coef_recall", "recovery/min/coef_recall")
+
 
 @hydra_script("pipeline")
 def main(cfg: Config, out_dir: Path, logger: Logger) -> None:
-    from circuitdecomp.toys.run import decompose_toy
+    from circuitdecomp.pipeline.run import run_pipeline
 
-    metrics = decompose_toy(cfg, out_dir, logger)
-    print(f"MMCS {metrics['decomp/mmcs']:.4f}  ML2R {metrics['decomp/ml2r']:.4f}  "
-          f"target-solution error {metrics['decomp/target_solution_error']}")
+    metrics = run_pipeline(cfg, out_dir, logger)
+    for key in _SHOWN:
+        if key in metrics:
+            print(f"{key}: {metrics[key]:.4g}")
+    print(f"report: {out_dir / 'report.md'}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from circuitdecomp.decomp.config import DecompositionConfig
 
 from conftest import REPO
 
-GROUPS = ["world", "target", "decomposition", "evaluation", "tracking"]
+GROUPS = ["world", "target", "decomposition", "evaluation", "tracking", "baselines"]
 
 
 def _compose(overrides: list[str]):

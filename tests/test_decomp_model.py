@@ -99,8 +99,9 @@ def test_gradients_reach_components_and_not_target():
 def test_bad_patterns_and_masks_are_named():
     with pytest.raises(ValueError, match=r"\['nope\*'\].*available: emb, fc1, fc2"):
         ComponentModel(EmbedMLP(), _cfg("fc1", "nope*"))
-    with pytest.raises(ValueError, match="decomposition.modules: C=0"):
-        ModuleSpec("fc1", 0)
+    with pytest.raises(ValueError, match=r"decomposition.modules: C=-1 for 'fc1' must be >= 1, or 0 \(from the shape\)"):
+        ModuleSpec("fc1", -1)
+    assert ComponentModel(EmbedMLP(), _cfg("fc1", C=0, compile=False)).component("fc1").C == 18  # ceil(1.1 x 16)
     cm = ComponentModel(EmbedMLP(), _cfg("fc1"))
     with pytest.raises(KeyError, match="fc9"):
         cm(torch.zeros(1, 1, dtype=torch.long), {"fc9": MaskInfo(torch.ones(1, 1, 6))})
@@ -143,3 +144,20 @@ def test_transformerlens_bridge_linears():
     cm.detach_components()
     with torch.no_grad():
         assert torch.allclose(bridge(tokens), expected, atol=1e-6)
+
+
+def test_masked_positions_only_change_those_positions():
+    """positions=[-1]: CI and masks cover the last position; earlier positions run the target weights exactly."""
+    model = EmbedMLP()
+    tokens = torch.randint(0, 11, (4, 7))
+    expected = model(tokens)
+    cm = ComponentModel(model, _cfg("emb", "fc*", C=20, positions=[-1], compile=False))
+    cm.run_target(tokens)
+    ci = cm.causal_importance().lower
+    assert all(g.shape == (4, 1, 20) for g in ci.values())
+    zeros = {p: MaskInfo(torch.zeros(4, 1, 20), None) for p in cm.paths}
+    out = cm(tokens, zeros)
+    assert torch.allclose(out[:, :-1], expected[:, :-1])  # untouched
+    assert not torch.allclose(out[:, -1], expected[:, -1], atol=1e-3)  # every component ablated at the last position
+    _fit_exactly(cm)
+    assert torch.allclose(cm(tokens, _ones(cm, (4, 1), None)), expected, atol=1e-5)

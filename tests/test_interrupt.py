@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from conftest import REPO
 
-ARGS = ["scripts/decompose.py", "target.train_steps=3000", "decomposition.steps=400", "decomposition.restarts=1",
+ARGS = ["scripts/decompose.py", "experiment=tms_5-2", "target.train_steps=3000", "decomposition.steps=400", "decomposition.restarts=1",
         "decomposition.compile=false", "decomposition.batch_size=512", "decomposition.checkpoint_every=25",
         "decomposition.eval_every=100", "tracking.mode=disabled"]
 

@@ -134,3 +134,94 @@ def test_script_writes_world_target_metrics_and_figure(tmp_path):
     world, model = load_target_run(tmp_path)
     assert world.cfg.n_animals == 24 and world.seed == 3
     assert torch.equal(model.W_E[:24], world.animal_directions)
+
+
+def test_readout_forward_matches_the_full_forward(world, planted):
+    from circuitdecomp.target.model import build_model, readout_forward
+
+    trained = build_model(world, TransformerTargetConfig(), seed=0)  # parametrized, random weights
+    with torch.no_grad():
+        for p in trained.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    tokens = world.examples.tokens[torch.randperm(len(world.examples))[:300]]
+    for model in (trained, planted):
+        logits, h = readout_forward(model, tokens)
+        torch.testing.assert_close(logits, model(tokens)[:, -1], atol=1e-4, rtol=1e-4)
+        assert h.shape == (300, model.blocks[0].mlp.get_submodule("in").weight.shape[0])
+
+
+def test_init_templates_detect_one_animal_each_and_question_information_is_strong(world):
+    from circuitdecomp.target.circuits import served_animals, unit_table
+    from circuitdecomp.target.model import build_model
+    from circuitdecomp.target.train import _init, n_templates
+
+    cfg = TransformerTargetConfig(context_init_norm=3.0)
+    model = build_model(world, cfg, seed=0)
+    _init(model, cfg, world, torch.Generator().manual_seed(0))
+    k = n_templates(world, cfg)
+    assert k == TINY.n_animals
+    w_in = model.blocks[0].mlp.get_submodule("in").weight.detach()
+    cos = (w_in[:k] / w_in[:k].norm(dim=1, keepdim=True)) @ world.animal_directions.T
+    assert torch.equal(cos.argmax(1).sort().values, torch.arange(k))  # a permutation: every animal has its unit
+    assert cos.amax(1).min() > 0.9999
+    table = unit_table(model, world)
+    assert torch.equal(served_animals(table, 0.1)[:k], torch.ones(k))  # each fires for its own animal only
+    assert torch.allclose(table.fact[:, :k].amax(0), torch.ones(k), atol=1e-4)  # response 1 on it
+    probe = world.examples.tokens[:, :2].unique(dim=0)
+    _, cache = model.run_with_cache(torch.cat([probe, torch.zeros_like(probe[:, :1])], 1),
+                                    names_filter=lambda n: n == "blocks.0.hook_resid_mid")
+    context = cache["blocks.0.hook_resid_mid"][:, -1] - model.W_E[0]
+    assert context.norm(dim=1).mean().item() == pytest.approx(3.0, rel=1e-4)
+
+
+def test_templates_make_one_lookup_unit_per_animal_and_without_them_units_are_shared():
+    from circuitdecomp.target.circuits import circuit_metrics
+    from circuitdecomp.target.evaluate import evaluate_target
+    from circuitdecomp.target.train import train_target
+
+    w = make_world(WorldConfig(name="t", n_attributes=24, n_animals=64, n_houses=8, n_economies=8, n_facts=3,
+                               attribute_margin=0.5, holdout_fraction=0.2), 0)
+    metrics = {}
+    for templates in (True, False):
+        cfg = TransformerTargetConfig(train_steps=300, batch_size=256, warmup_steps=20, eval_every=0, animal_templates=templates)
+        model = train_target(w, cfg, seed=0, logger=NullLogger()).model
+        metrics[templates] = evaluate_target(model, w.examples) | circuit_metrics(model, w, cfg.lookup_active_fraction)
+    assert metrics[True]["target/accuracy/fact"] > 0.95
+    assert metrics[True]["target/circuits/animals_per_lookup_unit"] <= 1.5
+    assert metrics[True]["target/circuits/lookup_read_cos_v"] > 0.95
+    assert metrics[False]["target/circuits/animals_per_lookup_unit"] > 5  # DESIGN §6: free look-up units are shared
+
+
+def test_attribute_circuits_of_the_planted_target_read_one_attribute_each(world, planted):
+    from circuitdecomp.target.circuits import attribute_circuits
+
+    c = attribute_circuits(planted, world)
+    assert torch.allclose(c.purity, torch.ones_like(c.purity), atol=1e-5)
+    assert torch.equal(c.active_units, torch.full_like(c.active_units, 4.0))  # yes, yes-cap, no, no-cap
+    big = make_world(WorldConfig(name="big", n_attributes=8, n_animals=400, n_houses=4, n_economies=4, n_facts=3), 0)
+    from circuitdecomp.target.planted import planted_model
+
+    c = attribute_circuits(planted_model(big, TransformerTargetConfig(kind=TargetKind.planted), 0), big)
+    assert c.effective_cos.min() > 0.97  # with many animals the least-squares read of a clamp is along u_j
+
+
+def test_linear_ceiling_of_the_named_worlds_allows_99_percent():
+    """world=demo/seed are sized so a linear read of u_j can reach 99% held-out; a crowded small world cannot."""
+    from omegaconf import OmegaConf
+
+    from circuitdecomp.target.evaluate import attribute_linear_ceiling
+
+    for name in ("demo", "seed"):
+        keys = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(f"{REPO}/configs/world/{name}.yaml")).items() if k != "defaults"}
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(WorldConfig), keys))
+        assert attribute_linear_ceiling(make_world(cfg, seed=0)) >= 0.995, name
+    few = WorldConfig(name="few", n_attributes=32, n_animals=128, n_houses=4, n_economies=4, n_facts=3)
+    assert attribute_linear_ceiling(make_world(few, seed=0)) < 0.97
+
+
+def test_templates_need_room_in_the_mlp(world):
+    from circuitdecomp.target.model import build_model
+
+    with pytest.raises(ValueError, match="animal_templates"):
+        build_model(world, TransformerTargetConfig(d_mlp=TINY.n_animals), seed=0)

@@ -1,44 +1,64 @@
-"""The library call: `decompose(model, {pattern: C}, batches, config) -> Decomposition`."""
+"""The library call: `decompose(model, {pattern: C}, batches, config) -> Decomposition`.
 
+Works on any frozen `nn.Module` whose chosen leaves are `nn.Linear`, `nn.Embedding`, HF `Conv1D` or
+TransformerLens bridge linears. Under torchrun (inside `distributed.process_group()`), every rank passes the
+same batches and trains on its own slice of each; rank 0 alone logs and writes.
+"""
+
+import contextlib
 import dataclasses
 import itertools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from safetensors import safe_open
 from torch import Tensor, nn
 
-from circuitdecomp.decomp.config import DecompositionConfig, ModuleSpec
-from circuitdecomp.decomp.model import ComponentModel
+from circuitdecomp.decomp.adapters import WeightKind
+from circuitdecomp.decomp.components import MaskInfo
+from circuitdecomp.decomp.config import DecompositionConfig, ModuleSpec, OutputLoss
+from circuitdecomp.decomp.distributed import current_shard
+from circuitdecomp.decomp.losses import output_distance
+from circuitdecomp.decomp.model import ComponentModel, default_output
 from circuitdecomp.decomp.train import TrainResult, train_decomposition
-from circuitdecomp.runio import load_tensors, save_tensors, to_plain
+from circuitdecomp.runio import Metrics, load_tensors, save_tensors, to_plain
+from circuitdecomp.tracking import Logger, NullLogger
+
+OutputFn = Callable[[Any], Tensor]
 
 
-def _check_model(model: nn.Module) -> None:
-    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    if trainable:
-        raise ValueError(f"the model has parameters that require grad ({trainable[:3]}...): SPD decomposes a frozen "
-                         "model; call model.requires_grad_(False) first")
+@dataclass(frozen=True)
+class CircuitDirections:
+    """The live components of one module: the unit direction each reads (V column) and writes (U row)."""
 
-
-def _batch_source(batches: Iterable[Any]) -> tuple[Any, Iterator[Any]]:
-    it = iter(batches)
-    try:
-        first = next(it)
-    except StopIteration:
-        raise ValueError("batches is empty: pass an iterable (or generator) of model inputs") from None
-    return first, itertools.chain([first], it)
+    components: Int[Tensor, " n"]
+    read: Float[Tensor, "n d_in"]
+    write: Float[Tensor, "n d_out"]
+    activity: Float[Tensor, " n"]  # fraction of positions where the component's CI exceeds the threshold
 
 
 class Decomposition:
-    """A trained decomposition of a model: components, causal importances and the directions circuits use."""
+    """A trained decomposition of a model: components, causal importances and the directions circuits use.
+
+    The model keeps its own modules; the decomposed twins are swapped in only while a method runs it.
+    """
 
     def __init__(self, cm: ComponentModel, config: DecompositionConfig, result: TrainResult | None = None) -> None:
         self.cm, self.config, self.result = cm, config, result
+        cm.detach_components()
+
+    @contextlib.contextmanager
+    def _swapped_in(self) -> Iterator[ComponentModel]:
+        self.cm.attach()
+        try:
+            yield self.cm
+        finally:
+            self.cm.detach_components()
 
     @property
     def paths(self) -> list[str]:
@@ -53,34 +73,74 @@ class Decomposition:
         return self.cm.component(path).U.detach()
 
     @torch.no_grad()
-    def causal_importance(self, batch: Any) -> dict[str, Float[Tensor, "... C"]]:
-        """CI in [0, 1] of every component on `batch`, per module."""
-        self.cm.run_target(batch)
-        return {p: g.detach() for p, g in self.cm.causal_importance().lower.items()}
+    def causal_importance(self, batch: Any) -> dict[str, Float[Tensor, "*batch C"]]:
+        """CI in [0, 1] of every component on `batch`, per module (per position for sequence inputs)."""
+        with self._swapped_in() as cm:
+            cm.run_target(batch)
+            return {p: g.detach() for p, g in cm.causal_importance().lower.items()}
 
-    def live_components(self, batch: Any, threshold: float | None = None) -> dict[str, Tensor]:
+    def live_components(self, batch: Any, threshold: float | None = None) -> dict[str, Int[Tensor, " n"]]:
         """Indices of components whose CI exceeds `threshold` (default: config.ci_alive_threshold) somewhere on batch."""
         t = self.config.ci_alive_threshold if threshold is None else threshold
         return {p: (g.flatten(0, -2).max(0).values > t).nonzero().flatten() for p, g in self.causal_importance(batch).items()}
 
+    def directions(self, batch: Any, threshold: float | None = None) -> dict[str, CircuitDirections]:
+        """Features from circuits: per module, the read and write directions of the components live on `batch`."""
+        t = self.config.ci_alive_threshold if threshold is None else threshold
+        out = {}
+        for path, g in self.causal_importance(batch).items():
+            active = (g.flatten(0, -2) > t).float().mean(0)
+            live = (active > 0).nonzero().flatten()
+            read = self.V(path)[:, live].T
+            write = self.U(path)[live]
+            out[path] = CircuitDirections(live, read / read.norm(dim=1, keepdim=True), write / write.norm(dim=1, keepdim=True),
+                                          active[live])
+        return out
+
+    @torch.no_grad()
+    def metrics(self, batch: Any) -> Metrics:
+        """Namespaced numbers for metrics.json and sweeps: live components, CI L0 and reconstruction on `batch`."""
+        t = self.config.ci_alive_threshold
+        with self._swapped_in() as cm:
+            target = cm.run_target(batch)
+            ci = cm.causal_importance().lower
+            kind = self.config.output_loss
+            ci_masked = output_distance(cm(batch, {p: MaskInfo(g) for p, g in ci.items()}), target, kind)
+            all_on = output_distance(cm(batch, {p: MaskInfo(torch.ones_like(g)) for p, g in ci.items()}), target, kind)
+        out: Metrics = {"decomp/eval/recon_ci_masked": ci_masked.item(), "decomp/eval/recon_all_components": all_on.item()}
+        for p, g in ci.items():
+            out[f"decomp/n_live/{p}"] = int((g.flatten(0, -2).max(0).values > t).sum())
+            out[f"decomp/ci_l0/{p}"] = (g > t).float().sum(-1).mean().item()
+        if self.result is not None:
+            out.update({f"decomp/final/{k}": v for k, v in self.result.final_losses.items()})
+            out["decomp/ms_per_step"] = self.result.ms_per_step
+        return out
+
     def save(self, path: str | Path) -> Path:
-        """One safetensors file: every trained tensor plus the config (as metadata)."""
+        """One safetensors file: every trained tensor plus the config (as metadata). Rank 0 alone writes."""
+        shard = current_shard()
+        if shard is not None and not shard.is_main:
+            return Path(path)
         tensors = {k: v.detach() for k, v in self.cm.named_trainables().items()}
         return save_tensors(Path(path), tensors, {"config": json.dumps(to_plain(self.config))})
 
     @classmethod
-    def load(cls, path: str | Path, model: nn.Module) -> "Decomposition":
+    def load(cls, path: str | Path, model: nn.Module, output_fn: OutputFn = default_output) -> "Decomposition":
         """Rebuild a saved decomposition around the same (frozen) model."""
+        saved = load_tensors(Path(path))
         with safe_open(str(path), framework="pt") as f:
-            raw = json.loads(f.metadata()["config"])
+            raw = json.loads((f.metadata() or {}).get("config", "null"))
+        if raw is None:
+            raise ValueError(f"{path} has no decomposition config in its metadata: was it written by Decomposition.save?")
         raw["modules"] = [ModuleSpec(**m) for m in raw["modules"]]
         fields = {f.name: f.type for f in dataclasses.fields(DecompositionConfig)}
         config = DecompositionConfig(**{k: _enum(fields[k], v) for k, v in raw.items()})
-        cm = ComponentModel(model, config)
-        saved = load_tensors(path)
+        cm = ComponentModel(model, config, output_fn)
         named = cm.named_trainables()
-        if set(saved) != set(named):
-            raise ValueError(f"{path} does not match this model: it has {len(saved)} tensors, the model needs {len(named)}")
+        bad = sorted(k for k in named if k not in saved or saved[k].shape != named[k].shape)
+        if bad or set(saved) != set(named):
+            raise ValueError(f"{path} does not match this model: tensors missing or of another shape: {bad[:5]}; "
+                             f"the file has {len(saved)} tensors, the model needs {len(named)}")
         with torch.no_grad():
             for k, p in named.items():
                 p.copy_(saved[k])
@@ -92,32 +152,92 @@ def _enum(annotation: Any, value: Any) -> Any:
 
 
 def decompose(model: nn.Module, module_patterns: dict[str, int], batches: Iterable[Any],
-              config: DecompositionConfig | None = None, out_dir: str | Path | None = None, seed: int = 0) -> Decomposition:
+              config: DecompositionConfig | None = None, *, out_dir: str | Path | None = None, seed: int = 0,
+              logger: Logger | None = None, output_fn: OutputFn = default_output, log_every: int = 100) -> Decomposition:
     """Run SPD on any frozen nn.Module. `module_patterns` maps fnmatch patterns to C; `batches` yields inputs.
 
-    The output loss (MSE or KL on logits), steps, coefficients etc. come from `config`; its `modules` field is
-    replaced by `module_patterns`. With `out_dir`, checkpoints go there and a re-run resumes.
+    The output loss (MSE, or KL on logits), steps, coefficients etc. come from `config`; its `modules` field is
+    replaced by `module_patterns`, and its `seed`, when set, overrides `seed`. Every batch must have the shape
+    of the first. Masks follow the module inputs' leading dims: per example for [batch, d], per token for
+    [batch, pos, d]. With `out_dir`, checkpoints go there and a re-run resumes (with the batches the iterable
+    yields next). `output_fn` picks the tensor to reconstruct from the model's output (default: the tensor
+    itself or `.logits`).
     """
     _check_model(model)
-    first, stream = _batch_source(batches)
     specs = [ModuleSpec(pattern, C) for pattern, C in module_patterns.items()]
     config = dataclasses.replace(config or DecompositionConfig(), modules=specs)
+    seed = seed if config.seed is None else config.seed
+    shard = current_shard()
+    if shard is not None:  # one target for all ranks, even where their own training of it was not bit-identical
+        shard.broadcast(itertools.chain(model.parameters(), model.buffers()))
+    first, stream = _batch_source(batches)
     torch.manual_seed(seed)
-    cm = ComponentModel(model, config)
+    cm = ComponentModel(model, config, output_fn)
     try:
-        cm.run_target(first)
-    except Exception as err:  # the user's batch does not fit the model: say so before training starts
-        raise ValueError(f"the model cannot run on the first batch ({_describe(first)}): {err}") from err
+        _check_first_batch(cm, first if shard is None else shard.local(first), config)
+    except BaseException:
+        cm.detach_components()  # the caller gets its model back as it was
+        raise
+    shape = _shape(first)
 
     def sample(_: torch.Generator) -> Any:
-        try:
-            return next(stream)
-        except StopIteration:
-            raise ValueError(f"batches ran out before decomposition.steps={config.steps}; pass an endless generator") from None
+        batch = next(stream, None)
+        if batch is None:
+            raise ValueError(f"batches ran out before decomposition.steps={config.steps}; pass an endless generator")
+        if _shape(batch) != shape:
+            raise ValueError(f"a batch has shape {_shape(batch)}, the first had {shape}: every batch must have the same shape")
+        return batch
 
-    result = train_decomposition(cm, sample, config, seed, None if out_dir is None else Path(out_dir))
+    if shard is not None and not shard.is_main:
+        logger = NullLogger()
+    try:
+        result = train_decomposition(cm, sample, config, seed, None if out_dir is None else Path(out_dir), logger,
+                                     log_every=log_every, shard=shard)
+    except BaseException:  # divergence, interruption, bad batches: the checkpoint stays, the model is given back
+        cm.detach_components()
+        raise
     return Decomposition(cm, config, result)
 
 
-def _describe(batch: Any) -> str:
-    return f"tensor of shape {tuple(batch.shape)}, dtype {batch.dtype}" if isinstance(batch, Tensor) else type(batch).__name__
+def _check_model(model: nn.Module) -> None:
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    if trainable:
+        raise ValueError(f"the model has {len(trainable)} parameters that require grad ({', '.join(trainable[:3])}, ...): "
+                         "SPD decomposes a frozen model; call model.requires_grad_(False) first")
+
+
+def _batch_source(batches: Iterable[Any]) -> tuple[Any, Iterator[Any]]:
+    it = iter(batches)
+    first = next(it, None)
+    if first is None:
+        raise ValueError("batches is empty: pass an iterable (or generator) of model inputs")
+    return first, itertools.chain([first], it)
+
+
+def _check_first_batch(cm: ComponentModel, batch: Any, config: DecompositionConfig) -> None:
+    """Run the model once on the first batch and check what each decomposed module saw, before any training."""
+    try:
+        out = cm.run_target(batch)
+    except Exception as err:  # the user's batch does not fit the model: say so before training starts
+        raise ValueError(f"the model cannot run on the first batch ({_shape(batch)}): {err}") from err
+    for path in cm.paths:
+        if (path, 0) not in cm.state.inputs:
+            raise ValueError(f"module '{path}' did not run on the first batch; is it part of the model's forward?")
+        x = cm.state.inputs[(path, 0)]
+        need = 1 if cm.component(path).kind is WeightKind.embedding else 2
+        if x.ndim < need:
+            raise ValueError(f"module '{path}' got an input of shape {tuple(x.shape)} from the first batch ({_shape(batch)}): "
+                             "it has no batch dimension; batches must be [batch, ...] (or [batch, pos, ...])")
+    if config.output_loss is OutputLoss.kl and out.ndim < 2:
+        raise ValueError(f"output_loss=kl needs logits [batch, ..., classes]; the model returned shape {tuple(out.shape)}")
+
+
+def _shape(batch: Any) -> Any:
+    """The shape of a batch (tensor, or tuple / list / dict of tensors), for messages and comparisons."""
+    if isinstance(batch, Tensor):
+        return tuple(batch.shape)
+    if isinstance(batch, (tuple, list)):
+        return tuple(_shape(b) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _shape(v) for k, v in batch.items()}
+    return type(batch).__name__

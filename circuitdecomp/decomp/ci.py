@@ -58,9 +58,10 @@ def _fused_one_hidden_layer() -> Any:
 class PerComponentMLP(nn.Module):
     """C independent scalar MLPs, one per component: pre-activation_c = MLP_c(h_c), h_c = x . V_c (the paper)."""
 
-    def __init__(self, C: int, hidden: list[int], compile: bool = False) -> None:
+    def __init__(self, C: int, hidden: list[int], compile: bool = False, init_bias: float | None = None) -> None:
         super().__init__()
         self.compile = compile
+        self.init_bias = init_bias
         widths = [1, *hidden, 1]
         self.weights = nn.ParameterList(nn.Parameter(torch.empty(C, a, b)) for a, b in zip(widths[:-1], widths[1:]))
         self.biases = nn.ParameterList(nn.Parameter(torch.empty(C, b)) for b in widths[1:])
@@ -68,11 +69,41 @@ class PerComponentMLP(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Kaiming-normal weights (ReLU gain for hidden layers, linear for the output), zero biases."""
+        """Kaiming-normal weights (ReLU gain for hidden layers, linear for the output), zero biases.
+
+        With `init_bias`, every CI starts near that value (output weights scaled by 0.1, output bias set): inside
+        (0, 1) both the reconstruction and the minimality gradients reach every component from the first step,
+        where a random start leaves about half the components below 0 with only the 0.01 leak to climb out.
+        """
         for i, (W, b) in enumerate(zip(self.weights, self.biases)):
-            gain = 2**0.5 if i < len(self.weights) - 1 else 1.0
+            last = i == len(self.weights) - 1
+            gain = 1.0 if last else 2**0.5
             W.copy_(_kaiming(tuple(W.shape), W.shape[1], gain))
             b.zero_()
+            if last and self.init_bias is not None:
+                W.mul_(0.1)
+                b.fill_(self.init_bias)
+
+    @torch.no_grad()
+    def init_from_acts(self, acts: Float[Tensor, "n C"]) -> None:
+        """Data-dependent start: hidden units' kinks at quantiles of each component's x . V_c, output weights 0.
+
+        Causal importance is a threshold-like function of x . V_c; with every kink at 0 (the default init) moving
+        one to a threshold near |x . V_c| ~ 1 takes ~1/lr steps. Only for one hidden layer; the output bias stays.
+        """
+        if len(self.weights) != 2:
+            raise ValueError("init_from_acts needs exactly one hidden layer (decomposition.ci_hidden=[H])")
+        H = self.weights[0].shape[2]
+        # kinks in both tails as well as the bulk: a sparse feature's inputs are the top (or bottom) few percent
+        tails = [0.0, 0.005, 0.02, 0.05][: max(0, H // 4)]
+        bulk = torch.linspace(0.1, 0.9, H - 2 * len(tails)).tolist()
+        levels = torch.tensor(tails + bulk + [1 - t for t in reversed(tails)], device=acts.device)
+        q = torch.quantile(acts.float(), levels, dim=0).T.to(acts.dtype)  # [C, H]
+        spread = (q[:, -1] - q[:, 0]).clamp_min(1e-3)
+        w = (4.0 / spread)[:, None].expand(-1, H)  # hidden values stay O(4): larger ones throw the output past [0, 1]
+        self.weights[0][:, 0].copy_(w)
+        self.biases[0].copy_(-w * q)
+        self.weights[1].zero_()
 
     def forward(self, acts: Float[Tensor, "*batch C"], x: Tensor | None = None) -> Float[Tensor, "*batch C"]:
         if len(self.weights) == 2:

@@ -58,12 +58,47 @@ class DecomposedModule(nn.Module):
         self.U = nn.Parameter(torch.empty(C, self.d_out, dtype=W.dtype, device=W.device))
         self.reset_parameters()
         self._state = [state]  # a list, so nn.Module does not register it
+        self.positions: list[int] | None = None  # sequence positions that get masks; None: every position
+
+    def _select_in(self, x: Tensor) -> Tensor:
+        """The positions of an input that get masks (token ids [.., S] or vectors [.., S, d]); no sequence: all."""
+        seq_dim = -1 if self.kind is WeightKind.embedding else -2
+        if self.positions is None or x.dim() < (2 if self.kind is WeightKind.embedding else 3):
+            return x
+        return x[(slice(None),) * (x.dim() + seq_dim) + (self.positions,)]
+
+    def _select_out(self, y: Tensor) -> Tensor:
+        return y if self.positions is None or y.dim() < 3 else y[..., self.positions, :]
+
+    def selected_input(self, key: tuple[str, int]) -> Tensor:
+        """The recorded input of call `key` at the masked positions."""
+        return self._select_in(self._state[0].inputs[key])
 
     @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """Fresh random V, U (from torch's global RNG); the faithfulness warm-up then fits them to W."""
+    def reset_parameters(self, neurons: bool = False) -> None:
+        """Fresh random V, U (from torch's global RNG); the faithfulness warm-up then fits them to W.
+
+        `neurons`: component c starts as unit c of the wider side (an MLP-in's hidden unit: its row of W, written to
+        that unit; an MLP-out's hidden unit: its column of W), the rest small and random. Units are the basis an
+        elementwise nonlinearity privileges; SPD may still rotate, split or merge them.
+        """
         self.V.copy_(torch.randn_like(self.V) / self.d_in**0.5)
         self.U.copy_(torch.randn_like(self.U) / self.C**0.5)
+        if not neurons:
+            return
+        W = self.target_weight().detach()
+        self.V.mul_(1e-3)
+        self.U.mul_(1e-3)
+        idx = torch.arange(min(self.C, max(self.d_in, self.d_out)))
+        if self.d_out >= self.d_in:  # units are outputs: V_c = W[c] / |W[c]|, U_c = |W[c]| e_c
+            norms = W[idx].norm(dim=1).clamp_min(1e-12)  # unit read directions keep x . V_c, the CI input, O(|x|)
+            self.V[:, idx] = (W[idx] / norms[:, None]).T
+            self.U[idx] = 0.0
+            self.U[idx, idx] = norms
+        else:  # units are inputs: V_c = e_c, U_c = W[:, c]
+            self.V[:, idx] = 0.0
+            self.V[idx, idx] = 1.0
+            self.U[idx] = W[:, idx].T
 
     # Bridge code reads these from the module it wraps.
     @property
@@ -96,11 +131,11 @@ class DecomposedModule(nn.Module):
         return x @ self.V
 
     def cached_acts(self, key: tuple[str, int]) -> Tensor:
-        """x . V on the recorded input, computed once per V (in-place updates of V bump its version)."""
+        """x . V on the recorded input's masked positions, computed once per V (in-place updates bump its version)."""
         state = self._state[0]
         version, acts = state.acts.get(key, (-1, None))
         if version != self.V._version:
-            acts = self.component_acts(state.inputs[key])
+            acts = self.component_acts(self.selected_input(key))
             state.acts[key] = (self.V._version, acts)
         return acts
 
@@ -117,10 +152,14 @@ class DecomposedModule(nn.Module):
         info = state.masks.get(self.path)
         if info is None:
             return state.outputs[key] if clean else self.base(x, *args, **kwargs)
-        acts = self.cached_acts(key) if clean else self.component_acts(x)
+        acts = self.cached_acts(key) if clean else self.component_acts(self._select_in(x))
         y = state.outputs[key] if clean else self.base(x, *args, **kwargs)
         state.dirty = True
-        return self.masked_output(acts, y, info)
+        if self.positions is None or y.dim() < 3:
+            return self.masked_output(acts, y, info)
+        out = y.clone()  # unmasked positions keep the target's output
+        out[..., self.positions, :] = self.masked_output(acts, self._select_out(y), info)
+        return out
 
     def masked_output(self, acts: Tensor, y: Tensor, info: MaskInfo) -> Tensor:
         """(h * m) U + m_delta * (x Delta^T) + b, computed as (h * (m - m_delta)) U + m_delta (y - b) + b.

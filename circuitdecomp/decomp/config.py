@@ -1,5 +1,6 @@
 """The decomposition's one typed config. Defaults are the SPD paper's TMS recipe."""
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -26,6 +27,13 @@ class LRSchedule(str, Enum):
     linear = "linear"
 
 
+class InitKind(str, Enum):
+    """How components start (the faithfulness warm-up follows either way)."""
+
+    random = "random"  # the paper: random V, U
+    neurons = "neurons"  # one component per unit of the wider side of each matrix (see DecomposedModule.reset_parameters)
+
+
 class MaskSampling(str, Enum):
     continuous = "continuous"  # r ~ U(0, 1)
     binomial = "binomial"  # r ~ {0, 1}
@@ -33,13 +41,20 @@ class MaskSampling(str, Enum):
 
 @dataclass
 class ModuleSpec(Frozen):
-    """fnmatch pattern over module paths, and the number of rank-1 components for each match."""
+    """fnmatch pattern over module paths, and the number of rank-1 components for each match.
+
+    C=0 sizes each match from its shape: ceil(C_factor x the wider side), e.g. one component per hidden unit
+    and 10% spare, so that one config fits models (and worlds) of any width.
+    """
 
     pattern: str = MISSING
     C: int = MISSING
+    C_factor: float = 1.1
 
     def __post_init__(self) -> None:
-        check(self.C >= 1, f"decomposition.modules: C={self.C} for '{self.pattern}' must be >= 1")
+        check(bool(self.pattern), "decomposition.modules: a pattern is empty; name modules like 'blocks.*.mlp.in'")
+        check(self.C >= 0, f"decomposition.modules: C={self.C} for '{self.pattern}' must be >= 1, or 0 (from the shape)")
+        check(self.C_factor > 0, f"decomposition.modules: C_factor={self.C_factor} for '{self.pattern}' must be > 0")
         super().__post_init__()
 
 
@@ -52,6 +67,7 @@ class DecompositionConfig(Frozen):
     # Paths of modules before which a fixed identity Linear is inserted (the paper's "+ID" check);
     # the inserted module is named `<path>.pre_identity` and can be decomposed like any other.
     identity_before: list[str] = field(default_factory=list)
+    init: InitKind = InitKind.random
     steps: int = 10_000
     batch_size: int = 4096
     lr: float = 1e-3
@@ -62,14 +78,23 @@ class DecompositionConfig(Frozen):
     warmup_steps: int = 200
     warmup_lr: float = 0.01
     warmup_weight_decay: float = 0.1
+    # CI warm-up: the first steps train only the CI functions (components frozen), so that a good start such as
+    # init=neurons is not pulled apart by masks that are still random.
+    ci_warmup_steps: int = 0
     # Causal importance.
     ci_fn: CIFnType = CIFnType.mlp
     ci_hidden: list[int] = field(default_factory=lambda: [16])
+    ci_init_bias: float | None = None  # per-component MLP: start every CI near this value (None: the paper's init)
+    ci_init_from_data: bool = False  # per-component MLP: kinks at quantiles of x . V_c on a batch (after the warm-up)
+    ci_lr_scale: float = 1.0  # learning rate of the CI functions relative to the components'
     leak: float = 0.01
     compile: bool = True  # torch.compile the CI MLP (one-off ~20 s, then ~2.4x faster); off in quick tests
     mask_sampling: MaskSampling = MaskSampling.continuous
     n_mask_samples: int = 1
     use_delta: bool = True
+    # Sequence positions that get masks and CI (e.g. [-1] when only the last position's output is reconstructed
+    # and earlier positions' own outputs are never read); other positions run the target weights. None: all.
+    positions: list[int] | None = None
     # Loss coefficients (0 switches a term off).
     output_loss: OutputLoss = OutputLoss.mse
     faithfulness_coeff: float = 0.0
@@ -94,20 +119,46 @@ class DecompositionConfig(Frozen):
     pgd_steps: int = 0  # adversarial-mask evaluation (0 = off)
     pgd_step_size: float = 0.1
     max_loss: float = 1e6  # a loss above this (or NaN/inf) stops the run as diverged
+    # On divergence, go back to the last periodic checkpoint with lr x this factor, at most max_retries times.
+    # Off (0) by default: a retry changes the experiment's learning rate, which a researcher should decide.
+    retry_lr_factor: float = 0.0
+    max_retries: int = 2
 
     def __post_init__(self) -> None:
         check(self.steps >= 0, f"decomposition.steps={self.steps} must be >= 0")
         check(self.batch_size >= 1, f"decomposition.batch_size={self.batch_size} must be >= 1")
         check(self.lr > 0, f"decomposition.lr={self.lr} must be > 0")
+        check(math.isfinite(self.lr), f"decomposition.lr={self.lr} must be finite")
         check(0 <= self.lr_warmup_frac <= 1, f"decomposition.lr_warmup_frac={self.lr_warmup_frac} must be in [0, 1]")
         check(self.warmup_steps >= 0, f"decomposition.warmup_steps={self.warmup_steps} must be >= 0")
-        check(self.restarts >= 1 and self.restart_steps >= 1 and self.restart_eval_batches >= 1,
-              f"decomposition.restarts={self.restarts}, restart_steps, restart_eval_batches must be >= 1")
+        check(self.ci_lr_scale > 0, f"decomposition.ci_lr_scale={self.ci_lr_scale} must be > 0")
+        check(self.ci_warmup_steps >= 0, f"decomposition.ci_warmup_steps={self.ci_warmup_steps} must be >= 0")
+        for name in ("restarts", "restart_steps", "restart_eval_batches", "eval_every", "checkpoint_every"):
+            check(getattr(self, name) >= 1, f"decomposition.{name}={getattr(self, name)} must be >= 1")
+        check(self.seed is None or self.seed >= 0, f"decomposition.seed={self.seed} must be >= 0, or null for the run's seed")
+        check(0 <= self.lr_final_frac <= 1, f"decomposition.lr_final_frac={self.lr_final_frac} must be in [0, 1]")
+        check(self.warmup_lr > 0, f"decomposition.warmup_lr={self.warmup_lr} must be > 0")
+        check(self.warmup_weight_decay >= 0, f"decomposition.warmup_weight_decay={self.warmup_weight_decay} must be >= 0")
+        check(self.leak >= 0, f"decomposition.leak={self.leak} must be >= 0")
+        for name in ("faithfulness_coeff", "stochastic_recon_coeff", "layerwise_recon_coeff", "subset_recon_coeff", "importance_beta"):
+            check(getattr(self, name) >= 0, f"decomposition.{name}={getattr(self, name)} must be >= 0 (0 switches it off)")
+        check(self.pnorm_final is None or self.pnorm_final > 0, f"decomposition.pnorm_final={self.pnorm_final} must be > 0 or null")
+        check(0 <= self.pnorm_anneal_start <= self.pnorm_anneal_end <= 1,
+              f"decomposition.pnorm_anneal_start={self.pnorm_anneal_start}, pnorm_anneal_end={self.pnorm_anneal_end}: "
+              "need 0 <= start <= end <= 1")
+        check(self.importance_eps > 0, f"decomposition.importance_eps={self.importance_eps} must be > 0")
+        check(0 < self.ci_alive_threshold < 1, f"decomposition.ci_alive_threshold={self.ci_alive_threshold} must be in (0, 1)")
+        check(self.pgd_steps >= 0, f"decomposition.pgd_steps={self.pgd_steps} must be >= 0 (0: off)")
+        check(self.pgd_step_size > 0, f"decomposition.pgd_step_size={self.pgd_step_size} must be > 0")
+        check(self.max_loss > 0, f"decomposition.max_loss={self.max_loss} must be > 0")
+        check(0 <= self.retry_lr_factor < 1, f"decomposition.retry_lr_factor={self.retry_lr_factor} must be in [0, 1) (0: no retry)")
+        check(self.max_retries >= 0, f"decomposition.max_retries={self.max_retries} must be >= 0")
+        patterns = [m.pattern for m in self.modules]
+        twice = sorted({p for p in patterns if patterns.count(p) > 1})
+        check(not twice, f"decomposition.modules lists the pattern(s) {twice} more than once; give each pattern one C")
         check(self.n_mask_samples >= 1, f"decomposition.n_mask_samples={self.n_mask_samples} must be >= 1")
         check(self.pnorm > 0, f"decomposition.pnorm={self.pnorm} must be > 0")
         check(self.importance_coeff >= 0, f"decomposition.importance_coeff={self.importance_coeff} must be >= 0")
         check(len(self.ci_hidden) >= 1 and min(self.ci_hidden) >= 1,
               f"decomposition.ci_hidden={list(self.ci_hidden)} needs at least one positive width")
-        check(self.eval_every >= 1 and self.checkpoint_every >= 1,
-              "decomposition.eval_every and checkpoint_every must be >= 1")
         super().__post_init__()

@@ -1,5 +1,6 @@
 """ComponentModel: any nn.Module with chosen leaves swapped for decomposed twins, plus their CI functions."""
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -8,10 +9,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from circuitdecomp.decomp.adapters import WeightKind, find_slots, insert_identity, match_slots
+from circuitdecomp.decomp.adapters import WeightKind, find_slots, insert_identity, match_slots, weight_matrix
 from circuitdecomp.decomp.ci import PerComponentMLP, SharedMLP, lower_leaky_hard_sigmoid, upper_leaky_hard_sigmoid
 from circuitdecomp.decomp.components import DecomposedModule, MaskInfo, PassState
-from circuitdecomp.decomp.config import CIFnType, DecompositionConfig
+from circuitdecomp.decomp.config import CIFnType, DecompositionConfig, InitKind
 
 
 @dataclass(frozen=True)
@@ -49,13 +50,14 @@ class ComponentModel(nn.Module):
         self.target = target
         self.output_fn = output_fn
         self.leak = cfg.leak
+        self.init_neurons = cfg.init is InitKind.neurons
         self.state = PassState()
         slots = find_slots(target)
         matched = match_slots(slots, [spec.pattern for spec in cfg.modules])
         C_of: dict[str, int] = {}
         for spec in cfg.modules:  # later patterns override earlier ones, like config overrides
             for path in matched[spec.pattern]:
-                C_of[path] = spec.C
+                C_of[path] = spec.C or math.ceil(spec.C_factor * max(weight_matrix(slots[path].get()).shape))
         self.paths = [p for p in slots if p in C_of]  # model order
         self.components = nn.ModuleDict()
         self.ci_fns = nn.ModuleDict()
@@ -64,10 +66,14 @@ class ComponentModel(nn.Module):
         for path in self.paths:
             base = slots[path].get()
             comp = DecomposedModule(path, base, C_of[path], self.state)
+            if self.init_neurons:  # (random init already happened: the RNG stream of random runs is unchanged)
+                comp.reset_parameters(neurons=True)
+            comp.positions = None if cfg.positions is None else list(cfg.positions)
             self.components[_key(path)] = comp
             match cfg.ci_fn:
                 case CIFnType.mlp:
-                    self.ci_fns[_key(path)] = PerComponentMLP(C_of[path], list(cfg.ci_hidden), compile=cfg.compile)
+                    self.ci_fns[_key(path)] = PerComponentMLP(C_of[path], list(cfg.ci_hidden), compile=cfg.compile,
+                                                                  init_bias=cfg.ci_init_bias)
                 case CIFnType.shared_mlp:
                     d_in = comp.C if comp.kind is WeightKind.embedding else comp.d_in
                     self.ci_fns[_key(path)] = SharedMLP(C_of[path], d_in, list(cfg.ci_hidden))
@@ -99,8 +105,18 @@ class ComponentModel(nn.Module):
         """Redraw every component and CI-function parameter from `seed` (a restart)."""
         torch.manual_seed(seed)
         for path in self.paths:
-            self.component(path).reset_parameters()
+            self.component(path).reset_parameters(neurons=self.init_neurons)
             self.ci_fns[_key(path)].reset_parameters()
+
+    @torch.no_grad()
+    def init_ci_from_data(self, batch: Any) -> None:
+        """Per-component CI MLPs start with kinks at quantiles of x . V_c on `batch` (PerComponentMLP.init_from_acts)."""
+        self.run_target(batch)
+        for path in self.paths:
+            fn = self.ci_fns[_key(path)]
+            if isinstance(fn, PerComponentMLP):
+                acts = self.component(path).cached_acts((path, 0))
+                fn.init_from_acts(acts.reshape(-1, acts.shape[-1]))
 
     def component_parameters(self) -> list[nn.Parameter]:
         return [p for path in self.paths for p in (self.component(path).V, self.component(path).U)]
@@ -130,7 +146,7 @@ class ComponentModel(nn.Module):
             if key not in self.state.inputs:
                 raise RuntimeError(f"'{path}' did not run in the last target pass; is it used by the model's forward?")
             acts = comp.cached_acts(key)
-            x = self.state.inputs[key]
+            x = comp.selected_input(key)
             ci_in = acts if comp.kind is WeightKind.embedding else x
             pre = self.ci_fns[_key(path)](acts, ci_in)
             lower[path] = lower_leaky_hard_sigmoid(pre, self.leak)

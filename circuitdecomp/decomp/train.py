@@ -1,5 +1,6 @@
 """The SPD optimisation loop: warm-up, stochastic losses, evaluation, checkpoints, resume, divergence stops."""
 
+import dataclasses
 import logging
 import math
 import time
@@ -11,10 +12,12 @@ from typing import Any, NamedTuple
 import torch
 
 from circuitdecomp.decomp import losses as L
-from circuitdecomp.decomp.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from circuitdecomp.decomp.config import DecompositionConfig, LRSchedule
+from circuitdecomp.decomp.checkpoint import (Retry, latest_checkpoint, load_checkpoint, read_retry, retry_or_raise,
+                                             run_fingerprint, save_checkpoint)
+from circuitdecomp.decomp.config import DecompositionConfig, InitKind, LRSchedule
+from circuitdecomp.decomp.distributed import Shard
 from circuitdecomp.decomp.model import CausalImportance, ComponentModel
-from circuitdecomp.interrupt import Interrupted, stop_on_signals
+from circuitdecomp.interrupt import DivergenceError, Interrupted, check_finite, stop_on_signals
 from circuitdecomp.progress import progress
 from circuitdecomp.runio import Metrics
 from circuitdecomp.tracking import Logger, NullLogger
@@ -25,16 +28,13 @@ SampleBatch = Callable[[torch.Generator], Any]
 EvalFn = Callable[[ComponentModel, int], Metrics]
 
 
-class DivergenceError(RuntimeError):
-    """The loss or gradients went non-finite or exploded; the last good checkpoint is kept."""
-
-
 @dataclass(frozen=True)
 class TrainResult:
     steps_done: int
     final_losses: dict[str, float]
     seconds: float
     ms_per_step: float
+    lr_scale: float = 1.0  # below 1 after divergence retries (decomposition.retry_lr_factor)
 
 
 def lr_at(step: int, cfg: DecompositionConfig) -> float:
@@ -67,11 +67,12 @@ def faithfulness_warmup(cm: ComponentModel, cfg: DecompositionConfig) -> float:
 
 
 def spd_losses(cm: ComponentModel, batch: Any, cfg: DecompositionConfig, frac: float,
-               gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor], CausalImportance]:
-    """All loss terms of one SPD step on one batch; returns (total, {name: term}, CI)."""
+               gen: torch.Generator, shard: Shard | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], CausalImportance]:
+    """All loss terms of one SPD step on one batch (this rank's rows of it, with `shard`); returns (total, {name: term}, CI)."""
     target_out = cm.run_target(batch)
     ci = cm.causal_importance()
-    masks = [L.sample_masks(ci.lower, cfg.mask_sampling, cfg.use_delta, gen) for _ in range(cfg.n_mask_samples)]
+    sample_masks = L.sample_masks if shard is None else shard.sample_masks
+    masks = [sample_masks(ci.lower, cfg.mask_sampling, cfg.use_delta, gen) for _ in range(cfg.n_mask_samples)]
 
     def run(m):
         return cm(batch, m)
@@ -84,7 +85,8 @@ def spd_losses(cm: ComponentModel, batch: Any, cfg: DecompositionConfig, frac: f
     if cfg.layerwise_recon_coeff > 0:
         terms["layerwise_recon"] = L.layerwise_recon_loss(run, target_out, masks, cfg.output_loss)
     if cfg.subset_recon_coeff > 0:
-        terms["subset_recon"] = L.subset_recon_loss(run, target_out, masks, cfg.output_loss, gen)
+        subset_recon_loss = L.subset_recon_loss if shard is None else shard.subset_recon_loss
+        terms["subset_recon"] = subset_recon_loss(run, target_out, masks, cfg.output_loss, gen)
     p = L.annealed_p(frac, cfg.pnorm, cfg.pnorm_final, cfg.pnorm_anneal_start, cfg.pnorm_anneal_end)
     terms["importance_minimality"] = L.importance_minimality_loss(ci.upper, p, cfg.importance_eps, cfg.importance_beta)
     coeffs = {"faithfulness": cfg.faithfulness_coeff, "stochastic_recon": cfg.stochastic_recon_coeff,
@@ -100,14 +102,9 @@ def ci_l0(ci_lower: dict[str, torch.Tensor], threshold: float) -> dict[str, floa
 
 
 def _check_finite(step: int, total: torch.Tensor, terms: dict[str, torch.Tensor], grad_norm: float, cfg: DecompositionConfig) -> None:
-    value = total.item()
-    if math.isfinite(value) and value <= cfg.max_loss and math.isfinite(grad_norm):
-        return
-    shown = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-    raise DivergenceError(
-        f"decomposition diverged at step {step}: total loss {value:.4g} (limit {cfg.max_loss:g}), grad norm {grad_norm:.4g}; "
-        f"terms: {shown}. The last good checkpoint is kept; lower decomposition.lr (now {cfg.lr:g}) and re-run."
-    )
+    check_finite("decomposition", step, total, terms, grad_norm, cfg.max_loss,
+                 f"lower decomposition.lr (now {cfg.lr:g}) and re-run, or set decomposition.retry_lr_factor=0.5 to retry "
+                 "from the last good checkpoint automatically.")
 
 
 @dataclass
@@ -122,7 +119,12 @@ class TrainState:
 def fresh_state(cm: ComponentModel, cfg: DecompositionConfig, seed: int) -> TrainState:
     named = cm.named_trainables()
     gens = {"data": torch.Generator().manual_seed(seed), "masks": torch.Generator().manual_seed(seed + 1)}
-    return TrainState(named, torch.optim.Adam(list(named.values()), lr=cfg.lr), gens)
+    if cfg.ci_lr_scale == 1.0:
+        return TrainState(named, torch.optim.Adam(list(named.values()), lr=cfg.lr), gens)
+    comps = {id(p) for p in cm.component_parameters()}
+    groups = [{"params": [p for p in named.values() if id(p) in comps], "lr_scale": 1.0},
+              {"params": [p for p in named.values() if id(p) not in comps], "lr_scale": cfg.ci_lr_scale}]
+    return TrainState(named, torch.optim.Adam(groups, lr=cfg.lr), gens)
 
 
 class StepResult(NamedTuple):
@@ -134,17 +136,25 @@ class StepResult(NamedTuple):
 
 
 def train_step(cm: ComponentModel, state: TrainState, sample_batch: SampleBatch, cfg: DecompositionConfig,
-               step: int) -> StepResult:
+               step: int, shard: Shard | None = None) -> StepResult:
     """One optimiser step; raises DivergenceError before touching the parameters if anything is non-finite."""
     lr = lr_at(step, cfg)
     for group in state.opt.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     batch = sample_batch(state.gens["data"])
-    total, terms, ci = spd_losses(cm, batch, cfg, step / max(1, cfg.steps), state.gens["masks"])
+    if shard is not None:
+        batch = shard.local(batch)
+    total, terms, ci = spd_losses(cm, batch, cfg, step / max(1, cfg.steps), state.gens["masks"], shard)
     state.opt.zero_grad(set_to_none=True)
     total.backward()
+    if shard is not None:  # every rank then takes the one-process step (and agrees on divergence)
+        shard.average_gradients(state.named.values())
+        total, terms = shard.average_losses(total, terms)
     grad_norm = torch.nn.utils.clip_grad_norm_(list(state.named.values()), float("inf")).item()
     _check_finite(step, total, terms, grad_norm, cfg)
+    if step < cfg.ci_warmup_steps:  # CI functions learn where the (warm-started) components matter; V, U wait
+        for p in cm.component_parameters():
+            p.grad = None
     state.opt.step()
     return StepResult(total, terms, ci, lr, grad_norm)
 
@@ -158,31 +168,76 @@ def train_decomposition(
     logger: Logger | None = None,
     eval_fn: EvalFn | None = None,
     log_every: int = 100,
+    shard: Shard | None = None,
 ) -> TrainResult:
-    """Run SPD on `cm`; with `out_dir`, checkpoint there and resume from its latest checkpoint."""
+    """Run SPD on `cm`; with `out_dir`, checkpoint there and resume from its latest checkpoint.
+
+    With `shard` (one of several processes), this rank trains on its rows of every batch and only rank 0
+    writes checkpoints; the caller gives the other ranks a NullLogger. With `cfg.retry_lr_factor` > 0 a
+    divergence sends the run back to its last periodic checkpoint with the learning rate times that factor, at
+    most `cfg.max_retries` times (one process, with `out_dir`).
+    """
+    while True:
+        try:
+            return _train_once(cm, sample_batch, cfg, seed, out_dir, logger, eval_fn, log_every, shard)
+        except DivergenceError as err:
+            retry_or_raise(err, out_dir if shard is None else None, cfg.retry_lr_factor, cfg.max_retries, "decomposition")
+
+
+def _train_once(
+    cm: ComponentModel,
+    sample_batch: SampleBatch,
+    cfg: DecompositionConfig,
+    seed: int,
+    out_dir: Path | None = None,
+    logger: Logger | None = None,
+    eval_fn: EvalFn | None = None,
+    log_every: int = 100,
+    shard: Shard | None = None,
+) -> TrainResult:
+    """One attempt of `train_decomposition`: resume or start, then train until done, stopped or diverged."""
     from circuitdecomp.decomp.restarts import select_restart  # restarts reuse this module's step
 
     logger = logger or NullLogger()
     torch.manual_seed(seed)  # component and CI-function init were drawn by the caller; this seeds any other torch use
     state = fresh_state(cm, cfg, seed)
+    fingerprint = run_fingerprint(seed, decomposition=cfg)  # before any retry lowers cfg.lr
     start = 0
     ckpt = latest_checkpoint(out_dir) if out_dir is not None else None
+    if shard is not None:
+        shard.check_config(cfg)
+        ckpt = shard.from_main(ckpt)  # every rank resumes from rank 0's checkpoint
+    retry = Retry() if ckpt is None else read_retry(ckpt)
+    if retry.lr_scale != 1.0:  # the run diverged earlier and went on with a lower learning rate
+        cfg = dataclasses.replace(cfg, lr=cfg.lr * retry.lr_scale)
+        log.warning("continuing with decomposition.lr x %g = %g after %d divergence retries", retry.lr_scale, cfg.lr, retry.count)
     if ckpt is not None:
-        start = load_checkpoint(ckpt, state.named, state.opt, state.gens)
+        start = load_checkpoint(ckpt, state.named, state.opt, state.gens, fingerprint)
     elif cfg.restarts > 1:
         start = select_restart(cm, state, sample_batch, cfg, seed)
     else:
-        warm = faithfulness_warmup(cm, cfg)
-        log.info("faithfulness warm-up: %d steps, loss %.3g", cfg.warmup_steps, warm)
+        if cfg.init is InitKind.neurons:  # already exact; Adam's sign-like steps would smear every unit over all others
+            log.info("init=neurons: components start exact, no faithfulness warm-up")
+        else:
+            warm = faithfulness_warmup(cm, cfg)
+            log.info("faithfulness warm-up: %d steps, loss %.3g", cfg.warmup_steps, warm)
+        if cfg.ci_init_from_data:
+            cm.init_ci_from_data(sample_batch(torch.Generator().manual_seed(seed + 3)))
+    if shard is not None:
+        shard.broadcast(state.named.values())  # identical already when every rank seeded alike; now guaranteed
+    writes = out_dir is not None and (shard is None or shard.is_main)
+    if writes and ckpt is None:  # the last good state a divergence retry can go back to; fails early on a full disk
+        save_checkpoint(out_dir, start, state.named, state.opt, state.gens, fingerprint=fingerprint)
     t0, done, terms = time.perf_counter(), 0, {}
     with stop_on_signals() as stop, progress(cfg.steps, "decompose", initial=start) as bar:
         for step in range(start, cfg.steps):
-            if stop.set:
-                if out_dir is not None:
-                    path = save_checkpoint(out_dir, step, state.named, state.opt, state.gens)
+            if stop.set if shard is None else shard.any(stop.set):
+                if writes:
+                    path = save_checkpoint(out_dir, step, state.named, state.opt, state.gens, retry=retry, by_signal=True,
+                                           fingerprint=fingerprint)
                     log.warning("%s received at step %d: checkpoint %s written; re-run the same command to resume", stop.signal_name, step, path)
                 raise Interrupted(f"stopped by {stop.signal_name} at step {step}")
-            total, terms, ci, lr, grad_norm = train_step(cm, state, sample_batch, cfg, step)
+            total, terms, ci, lr, grad_norm = train_step(cm, state, sample_batch, cfg, step, shard)
             done += 1
             bar.update(1)
             if step % log_every == 0 or step == cfg.steps - 1:
@@ -198,8 +253,9 @@ def train_decomposition(
                          " ".join(f"{p}={v:.2f}" for p, v in l0.items()))
                 if eval_fn is not None:
                     logger.log(eval_fn(cm, step + 1), step=step + 1)
-            if out_dir is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
-                save_checkpoint(out_dir, step + 1, state.named, state.opt, state.gens)
+            if writes and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
+                save_checkpoint(out_dir, step + 1, state.named, state.opt, state.gens, retry=retry, fingerprint=fingerprint)
     seconds = time.perf_counter() - t0
     final = {k: v.item() for k, v in terms.items()}
-    return TrainResult(steps_done=done, final_losses=final, seconds=seconds, ms_per_step=1000 * seconds / max(1, done))
+    return TrainResult(steps_done=done, final_losses=final, seconds=seconds, ms_per_step=1000 * seconds / max(1, done),
+                       lr_scale=retry.lr_scale)

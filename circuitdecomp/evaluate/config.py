@@ -14,6 +14,11 @@ class DenseSpec(Frozen):
     pattern: str = MISSING
     k: int = MISSING
 
+    def __post_init__(self) -> None:
+        check(bool(self.pattern), "evaluation.dense_ci: a pattern is empty")
+        check(self.k >= 1, f"evaluation.dense_ci: k={self.k} for '{self.pattern}' must be >= 1")
+        super().__post_init__()
+
 
 @dataclass
 class RecoveryConfig(Frozen):
@@ -49,8 +54,13 @@ class EvaluationConfig(Frozen):
     dense_ci: list[DenseSpec] = field(default_factory=list)
     live_norm: float = 0.1  # a component is live if ||U_c|| ||V_c|| exceeds this and its CI ever exceeds ci_alive
     n_eval_batches: int = 4
+    n_inputs: int = 4096  # animal world: held-out inputs (topped up with training rows) for checks and recovery scores
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
 
     def __post_init__(self) -> None:
         check(0 < self.tolerance < 0.5, f"evaluation.tolerance={self.tolerance} must be in (0, 0.5)")
+        check(self.one_hot_magnitude > 0, f"evaluation.one_hot_magnitude={self.one_hot_magnitude} must be > 0")
+        check(self.live_norm >= 0, f"evaluation.live_norm={self.live_norm} must be >= 0")
+        check(self.n_eval_batches >= 1, f"evaluation.n_eval_batches={self.n_eval_batches} must be >= 1")
+        check(self.n_inputs >= 1, f"evaluation.n_inputs={self.n_inputs} must be >= 1")
         super().__post_init__()

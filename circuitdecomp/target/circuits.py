@@ -6,6 +6,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from circuitdecomp.target.model import readout_logits
 from circuitdecomp.world.vocab import READOUT_POS, Modifier
 from circuitdecomp.world.world import World
 
@@ -73,6 +74,47 @@ def best_cos(weights: Float[Tensor, "k d_model"], directions: Float[Tensor, "m d
     return (w @ directions.T).abs().amax(1)
 
 
+@dataclass(frozen=True)
+class AttributeCircuits:
+    """Per attribute question q (reading u_j): how the MLP answers it, seen from the weights it uses."""
+
+    effective_cos: Float[Tensor, " n_questions"]  # |cos(g_q, u_j)|, g_q: least-squares read of the yes-no logit difference
+    purity: Float[Tensor, " n_questions"]  # share of the active units' entity reads that lies along u_j (1: each reads u_j only)
+    active_units: Float[Tensor, " n_questions"]  # units on for at least 5% of the animals asked
+
+
+@torch.no_grad()
+def attribute_circuits(model: nn.Module, world: World) -> AttributeCircuits:
+    """Which directions the circuit answering each attribute question reads, as a whole and unit by unit.
+
+    g_q is the least-squares fit of logit(yes) - logit(no) over all animals on their attribute values: the direction
+    the whole circuit reads (for a clamp of u_j . x, as planted, g_q is along u_j up to sampling noise). Purity weights each unit by
+    how much it moves that logit difference (|W_U[yes] - W_U[no]| . W_out[:, k]) times the share of animals it is on for.
+    """
+    v, n = world.vocab, world.cfg.n_animals
+    mlp = model.blocks[0].mlp
+    w_in, w_out = mlp.get_submodule("in").weight, mlp.get_submodule("out").weight
+    vote = (model.unembed.weight[v.yes] - model.unembed.weight[v.no]) @ w_out  # [d_mlp]
+    E = world.geometry.entity_basis
+    reads = (w_in @ E.T) @ E
+    U = world.attribute_directions
+    x = torch.cat([world.attribute_values, torch.ones(n, 1)], dim=1).double()  # animals' u-coordinates and an intercept
+    tokens = _tokens(world, [v.attribute_question(q) for q in range(v.n_attribute_questions)])
+    cos, purity, active = [], [], []
+    for q, j in enumerate(world.cfg.asked_attributes):
+        logits = readout_logits(model, tokens[q])
+        fit = torch.linalg.lstsq(x, (logits[:, v.yes] - logits[:, v.no]).double()[:, None], driver="gelsd").solution
+        g = fit[:-1, 0].float()  # in u-coordinates: its cosine with u_j is its j-th share
+        cos.append(g[j].abs() / g.norm().clamp_min(1e-12))
+        u = U[j]
+        h = mlp_readout(model, tokens[q])
+        on = (h > 1e-4 * h.max()).float().mean(0)  # share of animals each unit is on for (above rounding noise)
+        weight = vote.abs() * on
+        purity.append((weight * (reads @ u).abs()).sum() / (weight * reads.norm(dim=1)).sum().clamp_min(1e-12))
+        active.append((on > 0.05).sum().float())
+    return AttributeCircuits(torch.stack(cos), torch.stack(purity), torch.stack(active))
+
+
 def circuit_metrics(model: nn.Module, world: World, active_fraction: float) -> dict[str, float]:
     """`target/circuits/*`: how close the MLP's units are to the planted look-up and attribute circuits."""
     table = unit_table(model, world)
@@ -98,4 +140,10 @@ def circuit_metrics(model: nn.Module, world: World, active_fraction: float) -> d
         metrics["target/circuits/lookup_read_entity_share"] = ((w_in[lookup] @ E.T).norm(dim=1) / w_in[lookup].norm(dim=1)).mean().item()
     if attribute_units.any():
         metrics["target/circuits/attribute_read_cos_u"] = best_cos(w_in[attribute_units], world.attribute_directions, E).mean().item()
+    if len(model.blocks) == 1:  # the gradient formula in `attribute_circuits` is for one layer
+        circuits = attribute_circuits(model, world)
+        metrics |= {"target/circuits/attribute_effective_read_cos_u": circuits.effective_cos.mean().item(),
+                    "target/circuits/attribute_effective_read_cos_u_min": circuits.effective_cos.min().item(),
+                    "target/circuits/attribute_read_purity": circuits.purity.mean().item(),
+                    "target/circuits/attribute_units_per_question": circuits.active_units.mean().item()}
     return metrics

@@ -1,5 +1,6 @@
 """Config of the models that get decomposed: the toy targets and the animal-world transformer."""
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -27,6 +28,7 @@ class TargetConfig(Frozen):
         check(self.train_steps >= 0, f"target.train_steps={self.train_steps} must be >= 0")
         check(self.batch_size >= 1, f"target.batch_size={self.batch_size} must be >= 1")
         check(self.lr > 0, f"target.lr={self.lr} must be > 0")
+        check(math.isfinite(self.lr), f"target.lr={self.lr} must be finite")
         super().__post_init__()
 
 
@@ -43,7 +45,8 @@ class TMSConfig(TargetConfig):
 
     def __post_init__(self) -> None:
         check(0 < self.feature_prob <= 1, f"target.feature_prob={self.feature_prob} must be in (0, 1]")
-        check(self.n_hidden >= 1 and self.n_features >= 1, "target.n_hidden and target.n_features must be >= 1")
+        for name in ("n_features", "n_hidden", "max_attempts"):
+            check(getattr(self, name) >= 1, f"target.{name}={getattr(self, name)} must be >= 1")
         super().__post_init__()
 
 
@@ -63,6 +66,8 @@ class ResidMLPConfig(TargetConfig):
 
     def __post_init__(self) -> None:
         check(0 < self.feature_prob <= 1, f"target.feature_prob={self.feature_prob} must be in (0, 1]")
+        for name in ("n_features", "d_embed", "d_mlp", "n_layers"):
+            check(getattr(self, name) >= 1, f"target.{name}={getattr(self, name)} must be >= 1")
         super().__post_init__()
 
 
@@ -70,8 +75,8 @@ QUESTION_TYPES = [q.name for q in QuestionType]
 
 
 def _default_mix() -> dict[str, float]:
-    # facts are ~10% of all inputs but the hardest to learn (memorised per animal): sample them a third of the time
-    return {"attribute": 0.35, "size_animal": 0.15, "size_house": 0.1, "size_economy": 0.05, "fact": 0.35}
+    # facts are ~10% of all inputs but need memorising per animal: sample them a quarter of the time
+    return {"attribute": 0.45, "size_animal": 0.15, "size_house": 0.1, "size_economy": 0.05, "fact": 0.25}
 
 
 @dataclass
@@ -87,21 +92,30 @@ class TransformerTargetConfig(TargetConfig):
     n_layers: int = 1
     n_heads: int = 1
     d_mlp: int | None = None  # None: width_factor x the planted width (n_animals + 4 n_attribute_questions + n_facts)
-    width_factor: float = 1.0
-    train_steps: int = 3000
+    width_factor: float = 2.2  # units beyond the animal templates learn the attribute questions; fewer generalise worse
+    train_steps: int = 1500
     batch_size: int = 1024
-    lr: float = 3e-3
+    lr: float = 5e-3
     weight_decay: float = 0.1
     warmup_steps: int = 100
     label_smoothing: float = 0.05  # caps logit saturation: the optimum has finite margins
-    act_l1: float = 0.03  # L1 on MLP activations on fact questions: pressure towards one unit per animal
-    init_bias: float = 0.0  # initial MLP input bias; negative starts each neuron firing for few inputs
-    template_share: float = 1.0  # share of MLP units initialised as templates of random training fact inputs (data init)
-    template_threshold: float = 0.8  # a template unit starts firing above this cosine with its input's entity
+    # Shaping (docs/results_log.md, 2026-11-25 "Trained target, round 2", measures each one):
+    animal_templates: bool = True  # the first n_animals units start as detectors of one animal each (data init)
+    template_threshold: float = 0.9  # a template unit starts firing above this cosine with its animal
+    context_init_norm: float = 3.0  # question information starts this strong at the read-out (entities have norm 1)
+    act_l1: float = 0.015  # L1 on every unit's activations on fact questions: pressure towards one unit per animal
+    lookup_gate_l1: float = 0.03  # L1 on template units' activations on other questions: look-ups stay off there
+    attribute_l1: float = 0.0  # L1 on the other units' activations on other questions: fewer units per attribute question
+    init_bias: float = 0.0  # initial MLP input bias of the non-template units
     question_mix: dict[str, float] = field(default_factory=_default_mix)
     eval_every: int = 500  # held-out accuracy during training (0: only at the end)
     planted_logit_scale: float = 10.0  # planted: logit of one vote; margins are this minus < 2.5 of interference
     lookup_active_fraction: float = 0.1  # a unit serves an animal if it reaches this fraction of its peak activation
+    # Faults (as in decomposition.*): checkpoints in checkpoints/target/, divergence stop, optional lower-lr retries.
+    checkpoint_every: int = 500
+    max_loss: float = 1e6
+    retry_lr_factor: float = 0.0
+    max_retries: int = 2
 
     def __post_init__(self) -> None:
         check(self.kind in (TargetKind.trained, TargetKind.planted),
@@ -110,9 +124,16 @@ class TransformerTargetConfig(TargetConfig):
         check(self.n_heads >= 1, f"target.n_heads={self.n_heads} must be >= 1")
         check(self.d_mlp is None or self.d_mlp >= 1, f"target.d_mlp={self.d_mlp} must be >= 1 or null (automatic)")
         check(self.width_factor > 0, f"target.width_factor={self.width_factor} must be > 0")
-        check(self.weight_decay >= 0 and self.act_l1 >= 0, "target.weight_decay and target.act_l1 must be >= 0")
+        for name in ("weight_decay", "act_l1", "warmup_steps", "eval_every"):
+            check(getattr(self, name) >= 0, f"target.{name}={getattr(self, name)} must be >= 0")
+        check(self.planted_logit_scale > 0, f"target.planted_logit_scale={self.planted_logit_scale} must be > 0")
+        check(self.checkpoint_every >= 1, f"target.checkpoint_every={self.checkpoint_every} must be >= 1")
+        check(self.max_loss > 0, f"target.max_loss={self.max_loss} must be > 0")
+        check(0 <= self.retry_lr_factor < 1, f"target.retry_lr_factor={self.retry_lr_factor} must be in [0, 1) (0: no retry)")
+        check(self.max_retries >= 0, f"target.max_retries={self.max_retries} must be >= 0")
         check(0 <= self.label_smoothing < 1, f"target.label_smoothing={self.label_smoothing} must be in [0, 1)")
-        check(0 <= self.template_share <= 1, f"target.template_share={self.template_share} must be in [0, 1]")
+        for name in ("lookup_gate_l1", "attribute_l1", "context_init_norm"):
+            check(getattr(self, name) >= 0, f"target.{name}={getattr(self, name)} must be >= 0")
         check(0 < self.template_threshold < 1, f"target.template_threshold={self.template_threshold} must be in (0, 1)")
         check(0 < self.lookup_active_fraction < 1, f"target.lookup_active_fraction={self.lookup_active_fraction} must be in (0, 1)")
         unknown = sorted(set(self.question_mix) - set(QUESTION_TYPES))

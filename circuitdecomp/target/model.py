@@ -19,9 +19,10 @@ import torch.nn.utils.parametrize as P
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from circuitdecomp.runio import load_tensors, save_tensors
+from circuitdecomp.frozen import ConfigError
+from circuitdecomp.runio import load_module_state, save_tensors
 from circuitdecomp.target.config import TransformerTargetConfig
-from circuitdecomp.world.vocab import SEQ_LEN
+from circuitdecomp.world.vocab import READOUT_POS, SEQ_LEN
 from circuitdecomp.world.world import World
 
 TARGET_FILE = "target.safetensors"
@@ -67,7 +68,7 @@ def bridge_config(world: World, cfg: TransformerTargetConfig, seed: int) -> Any:
 
     d = world.d_model
     if d % cfg.n_heads:
-        raise ValueError(f"target.n_heads={cfg.n_heads} does not divide d_model={d}; pick a divisor of {d}")
+        raise ConfigError(f"target.n_heads={cfg.n_heads} does not divide d_model={d}; pick a divisor of {d}")
     return TransformerBridgeConfig(d_model=d, d_head=d // cfg.n_heads, n_heads=cfg.n_heads, n_layers=cfg.n_layers,
                                    n_ctx=SEQ_LEN, d_vocab=world.vocab.d_vocab, d_mlp=mlp_width(world, cfg),
                                    act_fn="relu", normalization_type=None, seed=seed)
@@ -79,11 +80,15 @@ def planted_width(world: World) -> int:
 
 
 def mlp_width(world: World, cfg: TransformerTargetConfig) -> int:
-    """target.d_mlp, or width_factor x the planted width."""
-    width = cfg.d_mlp if cfg.d_mlp is not None else round(cfg.width_factor * planted_width(world))
-    if cfg.kind.value == "planted" and width < planted_width(world):
+    """target.d_mlp, or: the planted width (planted), width_factor x the planted width (trained)."""
+    planted = cfg.kind.value == "planted"
+    width = cfg.d_mlp if cfg.d_mlp is not None else planted_width(world) if planted else round(cfg.width_factor * planted_width(world))
+    if planted and width < planted_width(world):
         raise ValueError(f"target.d_mlp={width} is below the {planted_width(world)} neurons the planted target needs "
                          f"for this world; raise target.d_mlp or set it to null")
+    if not planted and cfg.animal_templates and width <= world.cfg.n_animals:
+        raise ValueError(f"target MLP width {width} leaves no units beside the {world.cfg.n_animals} animal templates; raise "
+                         f"target.d_mlp / target.width_factor, or set target.animal_templates=false")
     return width
 
 
@@ -129,6 +134,35 @@ def readout_logits(model: nn.Module, tokens: Int[Tensor, "batch 3"]) -> Float[Te
     return model(tokens)[:, -1]
 
 
+def readout_forward(model: nn.Module, tokens: Int[Tensor, "batch 3"]) -> tuple[Float[Tensor, "batch d_vocab"], Float[Tensor, "batch d_mlp"]]:
+    """Logits and MLP activations at the read-out position only, computed ~3x faster than the full forward.
+
+    Exact for a one-layer target whose attention reads only the context subspace (every target built here):
+    the attention output at the entity's position then depends on the (question, modifier) prefix alone, so
+    it is computed once per distinct prefix by the bridge itself, and the MLP and unembedding run on the
+    read-out position only instead of all three. `tests/test_target.py` checks it against `model(tokens)`.
+    """
+    if len(model.blocks) != 1:
+        raise ValueError(f"readout_forward needs a one-layer target, got {len(model.blocks)} layers; use model(tokens)")
+    prefixes, which = torch.unique(tokens[:, :READOUT_POS], dim=0, return_inverse=True)
+    probe = torch.cat([prefixes, torch.zeros_like(prefixes[:, :1])], dim=1)  # any entity: attention ignores it
+    seen: dict[str, Tensor] = {}
+
+    def keeper(name: str) -> Any:
+        def keep(x: Tensor, hook: Any) -> None:
+            seen[name] = x[:, READOUT_POS]
+        return keep
+
+    with model.hooks(fwd_hooks=[(f"blocks.0.hook_resid_{name}", keeper(name)) for name in ("pre", "mid")]):
+        model(probe)
+    attn_out = seen["mid"] - seen["pre"]
+    x = model.W_E[tokens[:, READOUT_POS]] + model.pos_embed.weight[READOUT_POS] + attn_out[which]
+    mlp = model.blocks[0].mlp
+    h = torch.relu(mlp.get_submodule("in").original_component(x))
+    resid = x + mlp.get_submodule("out").original_component(h)
+    return model.unembed.original_component(resid), h
+
+
 def baked_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """TL-format state dict with parametrized tensors at their current values (the model is left as it is).
 
@@ -154,5 +188,5 @@ def save_model(model: nn.Module, out_dir: Path, metadata: dict[str, str] | None 
 def load_model(world: World, cfg: TransformerTargetConfig, seed: int, out_dir: Path) -> nn.Module:
     """Rebuild the bridge and load `target.safetensors` from a run dir (strict: every key must match)."""
     model = build_model(world, cfg, seed, constrained=False)
-    model.load_state_dict(load_tensors(Path(out_dir) / TARGET_FILE), strict=True)
+    load_module_state(model, Path(out_dir) / TARGET_FILE)
     return model.eval()

@@ -8,10 +8,11 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from circuitdecomp.config import Config
+from circuitdecomp.frozen import ConfigError
 from circuitdecomp.runio import load_run, save_figure, update_metrics
 from circuitdecomp.target.circuits import circuit_metrics
 from circuitdecomp.target.config import TargetKind, TransformerTargetConfig
-from circuitdecomp.target.evaluate import accuracy_by_type, evaluate_target, predict
+from circuitdecomp.target.evaluate import accuracy_by_type, attribute_linear_ceiling, evaluate_target, predict
 from circuitdecomp.target.mechanisms import mechanism_metrics
 from circuitdecomp.target.model import TARGET_FILE, bake, load_model, save_model
 from circuitdecomp.target.planted import planted_model
@@ -30,13 +31,14 @@ def world_metrics(world: World) -> dict[str, float]:
     nn_cos = nearest_neighbour_cos(world.animal_directions)  # -2 when there is a single animal
     ex = world.examples
     return {"world/d_model": float(world.d_model), "world/n_examples": float(len(ex)), "world/n_train": float(ex.is_train.sum()),
-            "world/d_vocab": float(world.vocab.d_vocab), "world/nn_cos_mean": nn_cos.mean().item(), "world/nn_cos_max": nn_cos.max().item()}
+            "world/d_vocab": float(world.vocab.d_vocab), "world/nn_cos_mean": nn_cos.mean().item(), "world/nn_cos_max": nn_cos.max().item(),
+            "world/attribute_linear_ceiling": attribute_linear_ceiling(world)}
 
 
 def target_config(cfg: Config) -> TransformerTargetConfig:
     """The target config, refusing toy targets with the fix in the message."""
     if not isinstance(cfg.target, TransformerTargetConfig):
-        raise ValueError(f"target={cfg.target.kind.value} is a toy; train_target.py builds the animal-world transformer: "
+        raise ConfigError(f"target={cfg.target.kind.value} is a toy; train_target.py builds the animal-world transformer: "
                          "pass target=trained or target=planted (and ~experiment if an experiment sets a toy target)")
     return cfg.target
 
@@ -59,7 +61,7 @@ def build_target(cfg: Config, out_dir: Path, logger: Logger) -> dict[str, float]
         case TargetKind.planted:
             model, seconds = planted_model(world, t, cfg.seed), 0.0
         case TargetKind.trained:
-            result = train_target(world, t, cfg.seed, logger, cfg.tracking.log_every, evaluate=checkpoint)
+            result = train_target(world, t, cfg.seed, logger, cfg.tracking.log_every, evaluate=checkpoint, out_dir=out_dir)
             model, seconds = bake(result.model), result.seconds
             log.info("trained %d steps in %.1f s", t.train_steps, seconds)
     save_model(model, out_dir, meta)

@@ -11,7 +11,8 @@ from circuitdecomp.config import Config
 from circuitdecomp.decomp.model import ComponentModel
 from circuitdecomp.decomp.pgd import pgd_recon_loss
 from circuitdecomp.decomp.train import train_decomposition
-from circuitdecomp.runio import Metrics, load_tensors, save_figure, save_tensors, update_metrics
+from circuitdecomp.frozen import ConfigError
+from circuitdecomp.runio import Metrics, load_module_state, save_figure, save_tensors, update_metrics
 from circuitdecomp.target.config import ResidMLPConfig, TMSConfig
 from circuitdecomp.toys import resid_mlp, tms
 from circuitdecomp.toys.data import sparse_features
@@ -43,7 +44,7 @@ def build_toy(cfg: Config, out_dir: Path) -> Toy:
             if not path.exists():
                 trained, used_seed = tms.train_checked_tms(t, cfg.seed)
                 save_tensors(path, trained.state_dict(), {"seed": str(used_seed)})
-            model.load_state_dict(load_tensors(path))
+            load_module_state(model, path)
             ok = tms.features_reproduced(model)
             metrics["target/features_reproduced"] = int(ok.sum())
             if t.check_features and not bool(ok.all()):
@@ -54,10 +55,10 @@ def build_toy(cfg: Config, out_dir: Path) -> Toy:
             low = -1.0
             if not path.exists():
                 save_tensors(path, resid_mlp.train_resid_mlp(t, cfg.seed).state_dict())
-            model.load_state_dict(load_tensors(path))
+            load_module_state(model, path)
             metrics = resid_mlp.resid_mlp_quality(model, t, cfg.seed)
         case _:
-            raise ValueError(f"target.kind={t.kind.value} is not a toy; toys are tms and resid_mlp")
+            raise ConfigError(f"target.kind={t.kind.value} is not a toy; toys are tms and resid_mlp (experiment=tms_5-2, ...)")
     return Toy(model, t.n_features, t.feature_prob, low, metrics)
 
 

@@ -37,6 +37,7 @@ class WorldConfig(Frozen):
     holdout_fraction: float = 0.1  # share of (question, entity) pairs kept out of training
 
     def __post_init__(self) -> None:
+        check(bool(self.name), "world.name is empty; give the world a name (it titles figures)")
         check(self.n_animals >= 1, f"world.n_animals={self.n_animals}: a world needs at least one animal; set world.n_animals >= 1")
         check(self.n_attributes >= 1, f"world.n_attributes={self.n_attributes}: set world.n_attributes >= 1")
         check(self.n_houses >= 0 and self.n_economies >= 0, "world.n_houses and world.n_economies must be >= 0")

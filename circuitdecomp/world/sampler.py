@@ -28,6 +28,16 @@ def true_coefficients(world: World, entity: Int[Tensor, " batch"]) -> Coefficien
     return Coefficients(animals, world.entity_attribute_values()[entity], world.entity_kind_values()[entity])
 
 
+def ground_truth(world: World, examples: Examples) -> "GroundTruth":
+    """Animals (v_i, c_i(x)) and attributes (u_j, c'_j(x)) at the read-out position, scored also within the entity subspace."""
+    from circuitdecomp.evaluate.recovery import Family, GroundTruth
+
+    coef = true_coefficients(world, examples.entity)
+    families = (Family("animals", world.animal_directions, coef.animals),
+                Family("attributes", world.attribute_directions, coef.attributes))
+    return GroundTruth(families, world.geometry.entity_basis)
+
+
 class Sampler:
     """Draws training batches with a fixed share of each question type (facts are rare among all inputs)."""
 
@@ -44,11 +54,15 @@ class Sampler:
         self.weights = torch.tensor([w for w, _ in self.pools.values()], dtype=torch.float64)
         self.gen = torch.Generator().manual_seed(seed)
 
-    def sample(self, batch_size: int) -> Examples:
-        """A batch of training rows: question types by the mix, rows uniform within a type."""
-        kinds = torch.multinomial(self.weights, batch_size, replacement=True, generator=self.gen)
+    def sample(self, batch_size: int, gen: torch.Generator | None = None) -> Examples:
+        """A batch of training rows: question types by the mix, rows uniform within a type.
+
+        `gen` replaces the sampler's own stream (a resumable loop keeps the generator in its checkpoint).
+        """
+        gen = self.gen if gen is None else gen
+        kinds = torch.multinomial(self.weights, batch_size, replacement=True, generator=gen)
         picks = []
         for k, (_, rows) in enumerate(self.pools.values()):
             count = int((kinds == k).sum())
-            picks.append(rows[torch.randint(0, rows.numel(), (count,), generator=self.gen)])
+            picks.append(rows[torch.randint(0, rows.numel(), (count,), generator=gen)])
         return self.train.subset(torch.cat(picks))

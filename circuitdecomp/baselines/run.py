@@ -1,0 +1,122 @@
+"""The baselines stage: SAE sweep on a target run's read-out residuals, reference dictionaries, the thesis table."""
+
+import logging
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+
+from circuitdecomp.baselines.data import ReadoutData, readout_data
+from circuitdecomp.baselines.sweep import SAEResult, fve, practitioner_pick, run_sweep, sweep_specs, true_l0
+from circuitdecomp.baselines.table import Entry, Row, ThesisTable, oracle_row, score_entry
+from circuitdecomp.config import Config
+from circuitdecomp.evaluate.config import RecoveryConfig
+from circuitdecomp.evaluate.dictionaries import half_size_dictionary, random_dictionary
+from circuitdecomp.evaluate.recovery import Units
+from circuitdecomp.frozen import check
+from circuitdecomp.runio import Metrics, load_tensors, require_keys, save_figure, save_tensors, update_metrics, write_text
+from circuitdecomp.tracking import Logger
+from circuitdecomp.world.world import World
+
+log = logging.getLogger(__name__)
+TABLE = "thesis_table"  # .md, .json (rows, to re-render with more rows), .png; report.md includes the .md
+SAE_FILE = "baselines.safetensors"
+FEATURES, HALF_SIZE, RANDOM = "features from circuits", "half-size dictionary", "random dictionary"
+
+
+def features_row(run_dir: Path, data: ReadoutData, size_attribute: int, recovery: RecoveryConfig) -> Row | None:
+    """The features-from-circuits row, when the features stage has left its file in the run dir (None otherwise)."""
+    from circuitdecomp.pipeline.features import FEATURES_FILE
+
+    path = Path(run_dir) / FEATURES_FILE
+    if not path.exists():
+        return None
+    saved = load_tensors(path)
+    require_keys(saved, ["directions", "values"], path)
+    n_inputs, n_features = saved["values"].shape
+    check(n_inputs == data.truth.n_inputs,
+          f"{path} has values on {n_inputs} inputs, the baselines score on {data.truth.n_inputs}: run the features stage "
+          "again with the same evaluation.n_inputs and seed")
+    if n_features == 0:
+        log.warning("%s holds no features: the thesis table has no features row", path)
+        return None
+    units = Units(saved["directions"], saved["values"])
+    return score_entry(FEATURES, Entry(units, note=f"{n_features} features from {FEATURES_FILE}"), data.truth, size_attribute, recovery)[0]
+
+
+def reference_rows(world: World, data: ReadoutData, recovery: RecoveryConfig, seed: int) -> list[Row]:
+    """The half-size dictionary (directions exact, coefficients halved) and a random one of the planted size."""
+    truth, acts = data.truth, data.lift(data.eval)
+    half = half_size_dictionary(truth)
+    n_units = world.cfg.n_animals + world.cfg.n_attributes
+    rand = random_dictionary(acts, n_units, torch.Generator().manual_seed(seed + 7))
+    entries = {
+        HALF_SIZE: Entry(half, fve(half.activations(), acts), note="true directions of both families, every coefficient halved"),
+        RANDOM: Entry(rand, None, note=f"{n_units} random unit directions, values = projections (no reconstruction)"),
+    }
+    return [score_entry(name, e, truth, world.cfg.size_attribute, recovery)[0] for name, e in entries.items()]
+
+
+def run_baselines(cfg: Config, run_dir: Path, logger: Logger, out_dir: Path | None = None) -> Metrics:
+    """Train and score the SAE sweep on the target of `run_dir`; writes table, figure, SAEs and metrics to `out_dir` (default run_dir).
+
+    The table gets a features-from-circuits row on top when `run_dir` holds the features stage's `features.safetensors`
+    (values on the same held-out inputs).
+    """
+    from circuitdecomp.pipeline.decompose import held_out_batch
+    from circuitdecomp.target.run import load_target_run  # imports TransformerLens: seconds
+
+    start = time.perf_counter()
+    out_dir = Path(run_dir if out_dir is None else out_dir)
+    b, recovery = cfg.baselines, cfg.evaluation.recovery
+    world, model = load_target_run(Path(run_dir))
+    # the inputs the decomposition stage evaluates on (same call, same seed), so the table's rows share inputs
+    held = held_out_batch(world, cfg.evaluation.n_inputs, cfg.seed + 11)
+    data = readout_data(world, model, b, held, cfg.seed)
+    l0s = true_l0(data.truth)
+    specs = sweep_specs(b, world.cfg.n_attributes, world.cfg.n_animals, list(l0s.values()))
+    log.info("baselines: %d SAEs on %d training / %d held-out read-outs (%s space, d=%d); true L0 %s", len(specs),
+             data.train.shape[0], data.eval.shape[0], b.space.value, data.basis.shape[0], l0s)
+    results = run_sweep(data, specs, b, world.cfg.size_attribute, recovery, cfg.seed, logger)
+
+    table, keys = baseline_table(results, reference_rows(world, data, recovery, cfg.seed), b.practitioner_max_l0)
+    features = features_row(Path(run_dir), data, world.cfg.size_attribute, recovery)
+    if features is not None:
+        table = table.with_rows_first([features])
+    metrics: Metrics = {k: v for r in results for k, v in r.metrics.items()}
+    metrics |= {f"baselines/true_l0/{f}": v for f, v in l0s.items()}
+    metrics |= table.metrics(keys)
+    metrics |= {"baselines/n_saes": len(results), "baselines/seconds": time.perf_counter() - start}
+    save_outputs(out_dir, table, results, f"world {world.cfg.name}, seed {cfg.seed}: {len(results)} SAEs", logger)
+    update_metrics(out_dir, metrics)
+    logger.log({k: float(v) for k, v in metrics.items()})
+    return metrics
+
+
+def baseline_table(results: list[SAEResult], references: list[Row], max_l0: float) -> tuple[ThesisTable, dict[str, str]]:
+    """Rows: each kind's practitioner pick, the oracle over every SAE, the reference dictionaries; and their metric keys."""
+    rows, keys = [], {}
+    for kind in dict.fromkeys(r.spec.kind for r in results):
+        pick = practitioner_pick([r.row for r in results if r.spec.kind is kind], max_l0)
+        name = f"SAE {kind.value} (practitioner: {pick.name})"
+        rows.append(Row(name, pick.values, f"best FVE at L0 <= {max_l0:g}; {pick.note}", pick.probe_cap))
+        keys[name] = f"practitioner/{kind.value}"
+    oracle = oracle_row([r.row for r in results], f"SAE oracle (best of {len(results)} per column)")
+    rows.append(oracle)
+    keys[oracle.name] = "oracle"
+    for row in references:
+        rows.append(row)
+        keys[row.name] = "half_size" if row.name == HALF_SIZE else "random"
+    return ThesisTable(tuple(rows)), keys
+
+
+def save_outputs(out_dir: Path, table: ThesisTable, results: list[SAEResult], title: str, logger: Logger) -> None:
+    """thesis_table.json / .md / .png and every SAE's weights."""
+    table.save(out_dir / f"{TABLE}.json")
+    write_text(out_dir / f"{TABLE}.md", table.markdown() + "\n")
+    save_tensors(out_dir / SAE_FILE, {f"{r.spec.name}/{k}": v for r in results for k, v in r.weights.items()})
+    fig = table.figure(title)
+    save_figure(out_dir, TABLE, fig)
+    logger.log_figure("baselines/table", fig)
+    plt.close(fig)

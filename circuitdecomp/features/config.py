@@ -1,0 +1,45 @@
+"""Settings of the features-from-circuits stage."""
+
+from dataclasses import dataclass, field
+
+from circuitdecomp.frozen import Frozen, check
+
+
+def _reads() -> list[str]:
+    return ["*attn.q", "*attn.k", "*attn.v", "*mlp.in", "unembed"]
+
+
+def _writes() -> list[str]:
+    return ["*attn.o", "*mlp.out"]
+
+
+@dataclass
+class FeaturesConfig(Frozen):
+    """Which components count as circuits' read / write directions, and how they become features.
+
+    A component is *live* when its CI exceeds `live_ci` on some input and *active* on an input when its CI
+    exceeds `active_ci`. Directions are taken inside the subspace the read-out token writes (the embedding's
+    span at the read-out positions) when `token_subspace` is on; a direction with less than `min_inside` of its
+    norm there reads something else (question information, answers) and is not an entity feature.
+    """
+
+    read_patterns: list[str] = field(default_factory=_reads)  # modules whose V_c read the residual stream
+    write_patterns: list[str] = field(default_factory=_writes)  # modules whose U_c write it
+    live_ci: float = 0.1
+    active_ci: float = 0.5
+    token_subspace: bool = True
+    min_inside: float = 0.3
+    merge_cos: float = 0.95  # directions this close (|cos|, after projection) are one feature read by several circuits
+    # A feature's value is its projection, gated at the projection that best predicts where one of its circuits is
+    # active, when that prediction reaches this balanced accuracy (a look-up: sparse; a linear read-out: dense).
+    gate: bool = True
+    gate_min_accuracy: float = 0.9
+
+    def __post_init__(self) -> None:
+        check(0 <= self.live_ci < 1, f"features.live_ci={self.live_ci} must be in [0, 1)")
+        check(0 < self.active_ci <= 1, f"features.active_ci={self.active_ci} must be in (0, 1]")
+        check(0 <= self.min_inside < 1, f"features.min_inside={self.min_inside} must be in [0, 1)")
+        check(0.5 <= self.gate_min_accuracy <= 1, f"features.gate_min_accuracy={self.gate_min_accuracy} must be in [0.5, 1]")
+        check(0 < self.merge_cos <= 1, f"features.merge_cos={self.merge_cos} must be in (0, 1]")
+        check(bool(self.read_patterns) or bool(self.write_patterns), "features.read_patterns and write_patterns are both empty")
+        super().__post_init__()

@@ -1,0 +1,150 @@
+"""Features from circuits: the directions live components read from and write to the residual stream.
+
+1. Candidates: for every live component of a residual-reading module its read direction V_c, of a
+   residual-writing module its write direction U_c, with its causal importance on each input.
+2. Optionally projected into a subspace (the span the read-out token writes); directions mostly outside it
+   read or write something else and are dropped.
+3. Near-duplicates (|cos| >= merge_cos) merge into one feature: several circuits may read one direction.
+4. Each feature's per-input value is the activation's projection onto it, gated where the projection predicts
+   that its circuits are causally important (`gate_threshold`): a look-up component is important only for its
+   own entity, so its feature is sparse; an attribute reader is important across the whole range of its
+   attribute, so its feature is dense and its value is the plain projection. The gate comes from the circuits,
+   never from ground truth.
+"""
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from circuitdecomp.features.config import FeaturesConfig
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One live component seen as a direction in the residual stream."""
+
+    module: str
+    component: int
+    role: str  # "read" (V_c) or "write" (U_c)
+    direction: Float[Tensor, " d_model"]
+    ci: Float[Tensor, " n_inputs"]  # causal importance on each input at the read-out position
+
+
+@dataclass(frozen=True)
+class Features:
+    """Merged features: unit directions, per-input values, and where each came from."""
+
+    directions: Float[Tensor, "n_features d_model"]
+    values: Float[Tensor, "n_inputs n_features"]
+    thresholds: Float[Tensor, " n_features"]  # projection at which the value switches on (-inf: dense)
+    inside: Float[Tensor, " n_features"]  # norm of the raw direction inside the subspace (1 without one)
+    provenance: list[dict[str, Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.directions.shape[0]
+
+
+def matches(path: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(path, p) for p in patterns)
+
+
+def candidates(V: dict[str, Tensor], U: dict[str, Tensor], ci: dict[str, Tensor], d_model: int,
+               cfg: FeaturesConfig) -> list[Candidate]:
+    """Live components of residual readers (V [d_in, C]) and writers (U [C, d_out]); ci[path] is [n_inputs, C]."""
+    out = []
+    for path in V:
+        roles = []
+        if matches(path, cfg.read_patterns) and V[path].shape[0] == d_model:
+            roles.append(("read", V[path].T))
+        if matches(path, cfg.write_patterns) and U[path].shape[1] == d_model:
+            roles.append(("write", U[path]))
+        live = (ci[path].max(0).values > cfg.live_ci).nonzero().flatten().tolist()
+        for role, rows in roles:
+            for c in live:
+                if float(rows[c].norm()) > 0:
+                    out.append(Candidate(path, c, role, rows[c].detach().float(), ci[path][:, c].float()))
+    return out
+
+
+def extract_features(cands: list[Candidate], resid: Float[Tensor, "n_inputs d_model"],
+                     subspace: Float[Tensor, "d_sub d_model"] | None, cfg: FeaturesConfig) -> Features:
+    """Project, filter, merge and give values (module docstring). `subspace` rows must be orthonormal."""
+    empty = Features(torch.zeros(0, resid.shape[1]), torch.zeros(resid.shape[0], 0), torch.zeros(0), torch.zeros(0), [])
+    if not cands:
+        return empty
+    raw = torch.stack([c.direction for c in cands])
+    raw = raw / raw.norm(dim=1, keepdim=True)
+    if subspace is not None and cfg.token_subspace:
+        proj = raw @ subspace.T @ subspace
+        inside = proj.norm(dim=1)
+        keep = (inside >= cfg.min_inside).nonzero().flatten().tolist()
+        dirs = proj / inside.clamp_min(1e-12)[:, None]
+    else:
+        inside, keep, dirs = torch.ones(len(cands)), list(range(len(cands))), raw
+    # strongest first: components active on more inputs seed the clusters
+    keep.sort(key=lambda i: -float((cands[i].ci > cfg.active_ci).sum()))
+    clusters: list[list[tuple[int, float]]] = []  # members (candidate index, sign)
+    centers: list[Tensor] = []
+    for i in keep:
+        if centers:
+            cos = torch.stack(centers) @ dirs[i]
+            best = int(cos.abs().argmax())
+            if float(cos[best].abs()) >= cfg.merge_cos:
+                clusters[best].append((i, float(torch.sign(cos[best]))))
+                continue
+        clusters.append([(i, 1.0)])
+        centers.append(dirs[i])
+    if not clusters:
+        return empty
+    directions, values, thresholds, inside_out, provenance = [], [], [], [], []
+    for members in clusters:
+        weight = torch.tensor([1.0 + float((cands[i].ci > cfg.active_ci).sum()) for i, _ in members])
+        d = sum(w * s * dirs[i] for w, (i, s) in zip(weight, members))
+        d = d / d.norm()
+        active = torch.stack([cands[i].ci > cfg.active_ci for i, _ in members]).any(0)
+        p = resid @ d
+        if bool(active.any()) and float(p[active].median()) < 0:  # orient: the circuits respond to +d
+            d, p = -d, -p
+        tau = gate_threshold(p, active, cfg.gate_min_accuracy) if cfg.gate else float("-inf")
+        values.append(torch.where(p >= tau, p, torch.zeros_like(p)))
+        directions.append(d)
+        thresholds.append(tau)
+        inside_out.append(float(sum(inside[i] for i, _ in members) / len(members)))
+        provenance.append({
+            "n_active_inputs": int(active.sum()),
+            "threshold": tau,
+            "members": [{"module": cands[i].module, "component": cands[i].component, "role": cands[i].role,
+                         "cos": float(s * (dirs[i] @ d)), "inside": float(inside[i]),
+                         "active_frac": float((cands[i].ci > cfg.active_ci).float().mean())} for i, s in members],
+        })
+    return Features(torch.stack(directions), torch.stack(values, dim=1), torch.tensor(thresholds),
+                    torch.tensor(inside_out), provenance)
+
+
+def gate_threshold(p: Float[Tensor, " n_inputs"], active: Tensor, min_accuracy: float) -> float:
+    """The projection above which the feature's circuits are active, or -inf when activity does not follow it.
+
+    Picks the threshold that best separates inputs where a circuit is active from the rest by balanced accuracy.
+    A look-up is active exactly where the projection is high (accuracy ~1): a sparse feature gated there. An
+    attribute reader is active on every value of its attribute when its question is asked and on none otherwise,
+    whatever the projection (accuracy ~0.5-0.75): a dense feature, its value the plain projection.
+    """
+    n_on, n_off = int(active.sum()), int((~active).sum())
+    if n_on == 0 or n_off == 0:
+        return float("-inf")
+    order = torch.argsort(p, descending=True)
+    on_above = torch.cumsum(active[order].double(), 0)  # inputs with p >= p[order[k]]
+    off_above = torch.arange(1, p.numel() + 1, dtype=torch.float64) - on_above
+    accuracy = (on_above / n_on + 1 - off_above / n_off) / 2
+    best = int(accuracy.argmax())
+    return float(p[order[best]]) if float(accuracy[best]) >= min_accuracy else float("-inf")
+
+
+def span_basis(vectors: Float[Tensor, "n d_model"], rel_tol: float = 1e-4) -> Float[Tensor, "k d_model"]:
+    """Orthonormal rows spanning `vectors` (singular values above rel_tol x the largest)."""
+    _, s, vh = torch.linalg.svd(vectors.double(), full_matrices=False)
+    return vh[s > rel_tol * s.max()].float()

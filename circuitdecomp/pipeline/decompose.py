@@ -1,0 +1,191 @@
+"""The decomposition stage of the animal world: SPD on the target through the generic engine, then its checks.
+
+Everything animal-specific stays here (data, read-out position, question types); `circuitdecomp/decomp/` only
+sees a model, a batch sampler and an output function.
+"""
+
+import logging
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from circuitdecomp.config import Config
+from circuitdecomp.decomp.components import MaskInfo
+from circuitdecomp.decomp.model import ComponentModel
+from circuitdecomp.decomp.train import ci_l0, train_decomposition
+from circuitdecomp.runio import Metrics, load_tensors, save_figure, save_tensors, update_metrics
+from circuitdecomp.target.config import TransformerTargetConfig
+from circuitdecomp.tracking import Logger
+from circuitdecomp.world.questions import Examples
+from circuitdecomp.world.sampler import Sampler
+from circuitdecomp.world.vocab import QuestionType
+from circuitdecomp.world.world import World
+
+log = logging.getLogger(__name__)
+DECOMPOSITION_FILE = "decomposition.safetensors"
+
+
+def readout(out: Tensor) -> Float[Tensor, "batch d_vocab"]:
+    """The logits SPD must reproduce: the read-out (last) position only; other positions answer nothing."""
+    return out[:, -1]
+
+
+def component_model(model: nn.Module, cfg: Config) -> ComponentModel:
+    """The target wrapped for SPD, components initialised from the decomposition seed."""
+    torch.manual_seed(decomposition_seed(cfg))
+    return ComponentModel(model, cfg.decomposition, output_fn=readout)
+
+
+def decomposition_seed(cfg: Config) -> int:
+    return cfg.seed if cfg.decomposition.seed is None else cfg.decomposition.seed
+
+
+def held_out_batch(world: World, n: int, seed: int) -> Examples:
+    """A fixed evaluation sample: held-out rows first, topped up with training rows (small worlds hold out few)."""
+    ex = world.examples
+    order = torch.randperm(len(ex), generator=torch.Generator().manual_seed(seed))
+    order = torch.cat([order[~ex.is_train[order]], order[ex.is_train[order]]])
+    return ex.subset(order[: min(n, len(ex))])
+
+
+@torch.no_grad()
+def rounded_ci_masks(cm: ComponentModel, delta: bool) -> dict[str, MaskInfo]:
+    """Masks = CI rounded to {0, 1} (the decomposition's claim of what each input needs), delta on or off."""
+    masks = {}
+    for path, g in cm.causal_importance().lower.items():
+        masks[path] = MaskInfo((g > 0.5).to(g.dtype), torch.ones(g.shape[:-1]) if delta else None)
+    return masks
+
+
+@torch.no_grad()
+def faithfulness_metrics(cm: ComponentModel, examples: Examples) -> Metrics:
+    """Accuracy of the masked model (rounded CI) relative to the target's, with and without the delta component."""
+    target = cm.run_target(examples.tokens)
+    target_acc = (target.argmax(-1) == examples.answer).float().mean().item()
+    out: Metrics = {}
+    for delta in (False, True):
+        cm.run_target(examples.tokens)
+        masked = cm(examples.tokens, rounded_ci_masks(cm, delta))
+        acc = (masked.argmax(-1) == examples.answer).float().mean().item()
+        name = "with_delta" if delta else "components"
+        out[f"decomp/faithfulness/{name}/accuracy"] = acc
+        out[f"decomp/faithfulness/{name}/relative_accuracy"] = acc / max(target_acc, 1e-12)
+        out[f"decomp/faithfulness/{name}/agreement"] = (masked.argmax(-1) == target.argmax(-1)).float().mean().item()
+    out["decomp/faithfulness/target_accuracy"] = target_acc
+    return out
+
+
+@torch.no_grad()
+def delta_share(cm: ComponentModel, tokens: Int[Tensor, "batch seq"]) -> Metrics:
+    """Per module: ||x (W - ΣUV)|| / ||x W|| over the read-out position: how much of the action the delta carries."""
+    cm.run_target(tokens)
+    out: Metrics = {}
+    for path in cm.paths:
+        comp = cm.component(path)
+        x = cm.state.inputs[(path, 0)]
+        if comp.kind.value == "embedding":
+            continue  # an embedding's input is token ids: its delta is the rows' residual, reported by faithfulness
+        x = x[:, -1] if x.dim() == 3 else x
+        full = x @ comp.target_weight().T
+        rest = x @ comp.weight_delta().T
+        out[f"decomp/delta_share/{path}"] = (rest.norm() / full.norm().clamp_min(1e-12)).item()
+    return out
+
+
+@torch.no_grad()
+def ci_by_question(cm: ComponentModel, examples: Examples) -> dict[str, Float[Tensor, "n_qtypes C"]]:
+    """Mean CI of each component at the read-out position, per question type (rows in QuestionType order)."""
+    cm.run_target(examples.tokens)
+    ci = cm.causal_importance().lower
+    out = {}
+    for path, g in ci.items():
+        g = g[:, -1] if g.dim() == 3 else g
+        rows = [g[examples.qtype == int(q)].mean(0) if bool((examples.qtype == int(q)).any()) else torch.zeros(g.shape[-1])
+                for q in QuestionType]
+        out[path] = torch.stack(rows)
+    return out
+
+
+def ci_question_figure(by_q: dict[str, Tensor], live: dict[str, Tensor], title: str) -> plt.Figure:
+    """Heat-map per module: question types x live components, each column scaled to its maximum (a look-up
+    component is important for one animal only, so its mean is small; the scaling shows which questions use it).
+    Columns are sorted by the question type they serve most."""
+    paths = [p for p in by_q if bool(live[p].any())] or list(by_q)
+    fig, axes = plt.subplots(len(paths), 1, figsize=(12, 1.2 + 1.1 * len(paths)), squeeze=False)
+    for ax, path in zip(axes[:, 0], paths):
+        m = by_q[path]
+        idx = live[path].nonzero().flatten()
+        if idx.numel() == 0:
+            idx = torch.arange(min(m.shape[1], 1))
+        sub = m[:, idx] / m[:, idx].max(0).values.clamp_min(1e-12)
+        order = np.lexsort((-sub.max(0).values.numpy(), sub.argmax(0).numpy()))
+        ax.imshow(sub[:, order].numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_yticks(range(len(QuestionType)), [q.name for q in QuestionType], fontsize=7)
+        ax.set_title(f"{path}: {idx.numel()} live components (mean CI per question type at the read-out, "
+                     "each column scaled to its maximum)", fontsize=9)
+        ax.set_xticks([])
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def decompose_target(cfg: Config, world: World, model: nn.Module, out_dir: Path, logger: Logger) -> tuple[ComponentModel, Metrics]:
+    """SPD on the world's target (resumes from out_dir's checkpoints); saves decomposition + checks + CI figure."""
+    out_dir = Path(out_dir)
+    d = cfg.decomposition
+    seed = decomposition_seed(cfg)
+    cm = component_model(model, cfg)
+    mix = cfg.target.question_mix if isinstance(cfg.target, TransformerTargetConfig) else {q.name: 1.0 for q in QuestionType}
+    sampler = Sampler(world.examples, mix, seed)
+    held = held_out_batch(world, cfg.evaluation.n_inputs, cfg.seed + 11)
+    path = out_dir / DECOMPOSITION_FILE
+
+    def sample(gen: torch.Generator) -> Tensor:
+        return sampler.sample(d.batch_size, gen).tokens
+
+    def eval_fn(m: ComponentModel, step: int) -> Metrics:
+        m.run_target(held.tokens)
+        l0 = ci_l0({p: (g[:, -1] if g.dim() == 3 else g) for p, g in m.causal_importance().lower.items()}, d.ci_alive_threshold)
+        return {f"decomp/ci_l0/{p}": v for p, v in l0.items()} | faithfulness_metrics(m, held)
+
+    metrics: Metrics = {}
+    if path.exists():  # finished earlier: load instead of training again (the checks below are redone)
+        load_components(cm, path)
+        log.info("decomposition loaded from %s", path)
+    else:
+        result = train_decomposition(cm, sample, d, seed, out_dir, logger, eval_fn, cfg.tracking.log_every)
+        save_tensors(path, {k: v.detach() for k, v in cm.named_trainables().items()}, {"seed": str(seed)})
+        logger.log_artifact(path, f"decomposition-{cfg.name}", "model")
+        metrics |= {f"decomp/final/{k}": v for k, v in result.final_losses.items()}
+        metrics["decomp/ms_per_step"] = result.ms_per_step
+    metrics |= eval_fn(cm, d.steps) | delta_share(cm, held.tokens)
+    cm.run_target(held.tokens)
+    live = {p: (g[:, -1] if g.dim() == 3 else g).max(0).values > d.ci_alive_threshold for p, g in cm.causal_importance().lower.items()}
+    metrics |= {f"decomp/n_live/{p}": int(on.sum()) for p, on in live.items()}  # CI above threshold on some input
+    by_q = ci_by_question(cm, held)
+    fig = ci_question_figure(by_q, live, f"{cfg.name}: causal importance by question type")
+    save_figure(out_dir, "ci_by_question", fig)
+    logger.log_figure("decomp/ci_by_question", fig)
+    plt.close(fig)
+    update_metrics(out_dir, metrics)
+    logger.log(metrics)
+    return cm, metrics
+
+
+def load_components(cm: ComponentModel, path: Path) -> None:
+    """Copy a saved decomposition's tensors into `cm` (refusing files made for another model or C)."""
+    saved = load_tensors(path)
+    named = cm.named_trainables()
+    missing, extra = set(named) - set(saved), set(saved) - set(named)
+    if missing or extra:
+        raise ValueError(f"{path} does not match decomposition.modules: missing {sorted(missing)[:3]}, unexpected "
+                         f"{sorted(extra)[:3]}; delete it to decompose again, or use the config it was made with")
+    with torch.no_grad():
+        for k, p in named.items():
+            if p.shape != saved[k].shape:
+                raise ValueError(f"{path}: '{k}' has shape {tuple(saved[k].shape)}, this config needs {tuple(p.shape)}")
+            p.copy_(saved[k])

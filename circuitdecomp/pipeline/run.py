@@ -1,0 +1,60 @@
+"""The main job: world -> target -> decomposition -> features -> evaluation -> baselines -> report, in one run dir.
+
+Every stage reads what earlier stages left in the run dir, so a re-run of the same command resumes: a finished
+target is loaded, the decomposition continues from its latest checkpoint (or is loaded when finished), and
+`stages=[...]` re-runs only some stages on an existing run dir.
+"""
+
+import logging
+from pathlib import Path
+
+from circuitdecomp.config import Config, Stage
+from circuitdecomp.runio import Metrics, load_metrics
+from circuitdecomp.tracking import Logger
+
+log = logging.getLogger(__name__)
+
+
+def _target_done(run_dir: Path) -> bool:
+    return (run_dir / "target.safetensors").exists() and "target/accuracy/min" in load_metrics(run_dir)
+
+
+def run_pipeline(cfg: Config, run_dir: Path, logger: Logger) -> Metrics:
+    """Run the stages in `cfg.stages` (all by default) in order; returns the run's metrics."""
+    from circuitdecomp.target.run import build_target, load_target_run, target_config  # TransformerLens: seconds
+
+    run_dir = Path(run_dir)
+    stages = set(cfg.stages)
+    target_config(cfg)  # a toy target here is a config mistake: fail before any work
+    if Stage.target in stages and not _target_done(run_dir):
+        log.info("stage target: world %s, target %s", cfg.world.name, cfg.target.kind.value)
+        build_target(cfg, run_dir, logger)
+    elif Stage.target in stages:
+        log.info("stage target: found in %s, reusing it", run_dir)
+    needs_model = stages & {Stage.decompose, Stage.features}
+    if needs_model:
+        if not _target_done(run_dir):
+            raise FileNotFoundError(f"{run_dir} has no finished target (target.safetensors + target metrics): "
+                                    "run the target stage first (stages=[target,...])")
+        from circuitdecomp.pipeline.decompose import decompose_target, held_out_batch
+        from circuitdecomp.pipeline.features import features_stage
+
+        world, model = load_target_run(run_dir)
+        log.info("stage decompose: %s", ", ".join(f"{m.pattern} (C={m.C or f'{m.C_factor}x width'})" for m in cfg.decomposition.modules))
+        cm, _ = decompose_target(cfg, world, model, run_dir, logger)
+        if Stage.features in stages:
+            held = held_out_batch(world, cfg.evaluation.n_inputs, cfg.seed + 11)
+            log.info("stage features: %d inputs", len(held))
+            features_stage(cfg, world, model, cm, held, run_dir, logger)
+    if Stage.baselines in stages:
+        from circuitdecomp.baselines.run import run_baselines
+
+        log.info("stage baselines")
+        run_baselines(cfg, run_dir, logger)
+    if Stage.report in stages:
+        from circuitdecomp.pipeline.report import write_report
+
+        path = write_report(run_dir, f"{cfg.name}: world {cfg.world.name}, {cfg.target.kind.value} target, seed {cfg.seed}")
+        logger.log_artifact(path, f"report-{cfg.name}", "report")
+        log.info("report: %s", path)
+    return load_metrics(run_dir)

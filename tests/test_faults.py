@@ -1,0 +1,516 @@
+"""Every fault in docs/faults.md: bad config, bad files, interruption, numerical faults, full disks, determinism.
+
+Each test provokes one fault and checks what the user sees (message, exit code) and what is left on disk.
+"""
+
+import errno
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from circuitdecomp.cli import hydra_script, precheck_overrides
+from circuitdecomp.decomp.checkpoint import (CKPT_DIR, latest_checkpoint, load_checkpoint, read_retry, retry_from_last_good,
+                                             save_checkpoint)
+from circuitdecomp.decomp.config import DecompositionConfig, ModuleSpec
+from circuitdecomp.decomp.model import ComponentModel
+from circuitdecomp.decomp.train import TrainResult, fresh_state, train_decomposition
+from circuitdecomp.interrupt import DivergenceError, Interrupted, signals_interrupt
+from circuitdecomp.runio import (BadRunFile, DiskFull, MissingRunFile, atomic_write, load_module_state, load_run,
+                                 load_tensors, save_config, save_tensors, update_metrics)
+from circuitdecomp.world.config import WorldConfig
+from circuitdecomp.world.world import WORLD_FILE, load_world_tensors, make_world, save_world
+
+from conftest import REPO
+
+# --------------------------------------------------------------------------------------------------- config
+
+
+def _precheck_error(capsys, overrides: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        precheck_overrides(overrides)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["decomposition.lr=-1"], "decomposition.lr=-1.0 must be > 0"),
+    (["decomposition.batch_size=0"], "decomposition.batch_size=0 must be >= 1"),
+    (["experiment=tms_5-2", "decomposition.modules.0.C=-2"], "C=-2 for 'linear1' must be >= 1, or 0"),
+    (["decomposition.retry_lr_factor=1.5"], "decomposition.retry_lr_factor=1.5 must be in [0, 1)"),
+    (["decomposition.pnorm_anneal_start=0.9", "decomposition.pnorm_anneal_end=0.1"], "pnorm_anneal_start=0.9"),
+    (["target.batch_size=0"], "target.batch_size=0 must be >= 1"),
+    (["target=trained", "target.n_heads=3"], "target.n_heads=3 does not divide the residual width 80"),
+    (["world.n_attributes=100", "world.d_model=64"], "world.n_attributes=100 exceeds world.d_model=64"),
+    (["experiment=nope"], "experiment=nope names no option in configs/experiment/; available: "),
+    (["experiment="], "experiment= names no option"),
+    (["name="], "name='' must be a non-empty run name"),
+    (["seed=-1"], "seed=-1 must be >= 0"),
+    (["tracking.log_every=0"], "tracking.log_every=0 must be >= 1"),
+    (["evaluation.dense_ci=[{pattern: x, k: 0}]"], "evaluation.dense_ci: k=0 for 'x' must be >= 1"),
+    (["decomposition.steps=abc"], "Value 'abc' of type 'str' could not be converted to Integer"),
+    (["+decomposition.extra=1"], "unknown config key(s) ['decomposition.extra']"),
+    (["world.typo=3"], "Key 'typo' not in 'WorldConfig'"),
+])
+def test_bad_config_is_one_line_naming_key_and_value(capsys, overrides, expected):
+    assert expected in _precheck_error(capsys, overrides)
+
+
+def test_unwritable_run_dir_fails_before_hydra_creates_it(capsys, tmp_path):
+    (tmp_path / "file").write_text("x")
+    line = _precheck_error(capsys, [f"hydra.run.dir={tmp_path / 'file' / 'run'}"])
+    assert "cannot write to the run directory" in line and "file/run" in line
+
+
+def test_nearly_full_disk_fails_before_any_work(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 5 * 2**20))
+    line = _precheck_error(capsys, [f"hydra.run.dir={tmp_path / 'run'}"])
+    assert "only 5 MB free" in line and "needs 200 MB" in line
+
+
+def test_script_prints_no_traceback_unless_verbose(tmp_path):
+    def run(*extra):
+        return subprocess.run([sys.executable, "scripts/decompose.py", "decomposition.lr=-1", f"hydra.run.dir={tmp_path}", *extra],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+
+    quiet, loud = run(), run("--verbose")
+    assert quiet.returncode == 2 and quiet.stderr.strip() == "error: decomposition.lr=-1.0 must be > 0", quiet.stderr
+    assert "Traceback" in loud.stderr and "ConfigError: decomposition.lr=-1.0 must be > 0" in loud.stderr
+
+
+def test_config_error_found_inside_a_stage_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "scripts/decompose.py", "target=trained", "tracking.mode=disabled",
+                           f"hydra.run.dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == ("error: target.kind=trained is not a toy; toys are tms and resid_mlp "
+                                                    "(experiment=tms_5-2, ...)"), proc.stderr
+
+
+# ------------------------------------------------------------------------------------- the CLI's fault mapping
+
+
+def _run_task(task, tmp_path, monkeypatch, capsys) -> tuple[int, str]:
+    """Run `task` as a Hydra script in this process; returns (exit code, stderr)."""
+    entry = hydra_script("faults")(task)
+    monkeypatch.setattr(sys, "argv", ["faults", f"hydra.run.dir={tmp_path}", "tracking.mode=disabled",
+                                      "hydra/job_logging=none", "hydra/hydra_logging=none"])
+    code = 0
+    try:
+        entry()
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fault,code,message", [
+    (BadRunFile("cannot read /x/target.safetensors: truncated"), 2, "error: cannot read /x/target.safetensors: truncated"),
+    (DivergenceError("decomposition diverged at step 3"), 2, "error: decomposition diverged at step 3"),
+    (Interrupted("stopped by SIGTERM at step 7"), 130, "stopped by SIGTERM at step 7; checkpoint in"),
+    (DiskFull("disk full while writing /x/y"), 2, "error: disk full while writing /x/y"),
+])
+def test_cli_turns_faults_into_one_line_and_exit_code(tmp_path, monkeypatch, capsys, fault, code, message):
+    def task(cfg, out_dir, logger):
+        raise fault
+
+    got, err = _run_task(task, tmp_path, monkeypatch, capsys)
+    assert got == code and message in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_sigterm_outside_a_training_loop_exits_130_in_one_line(tmp_path, monkeypatch, capsys):
+    def task(cfg, out_dir, logger):
+        save_tensors(out_dir / "done.safetensors", {"x": torch.ones(2)})
+        os.kill(os.getpid(), signal.SIGTERM)
+        save_tensors(out_dir / "never.safetensors", {"x": torch.ones(2)})
+
+    code, err = _run_task(task, tmp_path, monkeypatch, capsys)
+    assert code == 130 and "interrupted (SIGTERM) outside a checkpointed training loop" in err, err
+    assert (tmp_path / "done.safetensors").exists() and not (tmp_path / "never.safetensors").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+
+
+def test_signals_interrupt_makes_sigterm_a_keyboard_interrupt():
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"), signals_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+# -------------------------------------------------------------------------------------------------- loading
+
+
+def test_missing_truncated_and_corrupt_tensor_files_name_the_file(tmp_path):
+    with pytest.raises(MissingRunFile, match="tensor file not found: .*absent.safetensors"):
+        load_tensors(tmp_path / "absent.safetensors")
+    good = save_tensors(tmp_path / "good.safetensors", {"w": torch.randn(64, 64)})
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(BadRunFile, match="cannot read .*truncated.safetensors.*truncated"):
+        load_tensors(truncated)
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\xff" * 100)
+    with pytest.raises(BadRunFile, match="corrupt.safetensors"):
+        load_tensors(corrupt)
+
+
+def test_missing_or_corrupt_run_directory_names_the_path(tmp_path):
+    with pytest.raises(MissingRunFile, match="run directory not found: .*nowhere"):
+        load_run(tmp_path / "nowhere")
+    with pytest.raises(MissingRunFile, match="is not a run directory: it has no config.yaml"):
+        load_run(tmp_path)
+    (tmp_path / "config.yaml").write_text("seed: [1, 2\n")
+    with pytest.raises(BadRunFile, match="config.yaml is not valid YAML"):
+        load_run(tmp_path)
+    save_config(tmp_path, {"seed": 1})
+    update_metrics(tmp_path, {"target/x": 1.0})
+    (tmp_path / "metrics.json").write_text('{"target/x": 1.')
+    with pytest.raises(BadRunFile, match="metrics.json is not valid JSON"):
+        load_run(tmp_path)
+
+
+def test_weights_from_another_config_name_file_and_shapes(tmp_path):
+    path = save_tensors(tmp_path / "target.safetensors", nn.Linear(5, 2).state_dict())
+    load_module_state(nn.Linear(5, 2), path)  # the same shapes load
+    with pytest.raises(BadRunFile, match=r"target.safetensors does not fit this model .*weight: file \(2, 5\), model \(3, 5\)"):
+        load_module_state(nn.Linear(5, 3), path)
+    with pytest.raises(BadRunFile, match=r"unexpected \['bias'\]"):
+        load_module_state(nn.Linear(5, 2, bias=False), path)
+
+
+def test_ground_truth_file_with_missing_keys_names_file_and_keys(tmp_path):
+    world = make_world(WorldConfig(n_attributes=4, n_animals=6, n_houses=2, n_economies=2, n_facts=1, n_fact_answers=6), 0)
+    save_world(world, tmp_path)
+    assert "animal_directions" in load_world_tensors(tmp_path)
+    tensors = load_tensors(tmp_path / WORLD_FILE)
+    del tensors["animal_directions"]
+    save_file(tensors, str(tmp_path / WORLD_FILE))
+    with pytest.raises(BadRunFile, match=r"world.safetensors lacks keys \['animal_directions'\]"):
+        load_world_tensors(tmp_path)
+
+
+def test_corrupt_target_in_run_dir_is_one_line_exit_2(tmp_path):
+    (tmp_path / "target.safetensors").write_bytes(b"not a tensor file")
+    proc = subprocess.run([sys.executable, "scripts/decompose.py", "experiment=tms_5-2", "tracking.mode=disabled",
+                           f"hydra.run.dir={tmp_path}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: cannot read {tmp_path}/target.safetensors"), proc.stderr
+
+
+# ----------------------------------------------------------------------------------- decomposition checkpoints
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Linear(6, 4, bias=False), nn.ReLU(), nn.Linear(4, 6))
+
+
+def _sample(gen: torch.Generator) -> torch.Tensor:
+    return torch.rand(32, 6, generator=gen) * (torch.rand(32, 6, generator=gen) < 0.2)
+
+
+def _cfg(**kw) -> DecompositionConfig:
+    base = dict(modules=[ModuleSpec("0", 8), ModuleSpec("2", 8)], steps=12, batch_size=32, warmup_steps=5,
+                checkpoint_every=4, eval_every=4, compile=False)
+    return DecompositionConfig(**(base | kw))
+
+
+def _decompose(out_dir, cfg, sample=_sample, seed=0) -> tuple[dict[str, torch.Tensor], TrainResult]:
+    torch.manual_seed(seed)
+    cm = ComponentModel(_model(), cfg)
+    result = train_decomposition(cm, sample, cfg, seed=seed, out_dir=out_dir)
+    return {k: v.detach().clone() for k, v in cm.named_trainables().items()}, result
+
+
+def test_truncated_checkpoint_names_the_file_and_the_fix(tmp_path):
+    _decompose(tmp_path, _cfg(steps=4))
+    ckpt = latest_checkpoint(tmp_path)
+    ckpt.write_bytes(ckpt.read_bytes()[:200])
+    with pytest.raises(BadRunFile, match=f"{ckpt.name}.*delete it to resume from the one before"):
+        _decompose(tmp_path, _cfg(steps=4))
+
+
+def test_checkpoint_from_another_config_is_refused(tmp_path):
+    _decompose(tmp_path, _cfg(steps=4))
+    with pytest.raises(BadRunFile, match=r"written with other settings \(decomposition.modules: .*'C': 8.* -> .*'C': 5"):
+        _decompose(tmp_path, _cfg(steps=4, modules=[ModuleSpec("0", 5), ModuleSpec("2", 8)]))
+    with pytest.raises(BadRunFile, match=r"written with other settings \(decomposition.lr: 0.001 -> 0.002\)"):
+        _decompose(tmp_path, _cfg(steps=4, lr=2e-3))
+    with pytest.raises(BadRunFile, match=r"written with other settings \(seed: 0 -> 1\)"):
+        _decompose(tmp_path, _cfg(steps=4), seed=1)
+    _decompose(tmp_path, _cfg(steps=4, eval_every=2))  # bookkeeping keys may change between run and resume
+    other = fresh_state(ComponentModel(_model(), _cfg(modules=[ModuleSpec("0", 5), ModuleSpec("2", 8)])), _cfg(), 0)
+    with pytest.raises(BadRunFile, match=r"does not fit this run .*shape mismatch \['0/V', '0/U'"):
+        load_checkpoint(latest_checkpoint(tmp_path), other.named, other.opt, other.gens)  # no fingerprint: shapes
+
+
+def test_disk_full_mid_run_keeps_every_earlier_checkpoint_whole(tmp_path, monkeypatch):
+    real_save = save_file
+    writes = []
+
+    def fills_the_disk(tensors, filename, metadata=None):
+        writes.append(filename)
+        if len(writes) < 3:
+            return real_save(tensors, filename, metadata=metadata)
+        Path(filename).write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("circuitdecomp.runio.save_file", fills_the_disk)
+    with pytest.raises(DiskFull, match="disk full while writing .*step_00000008.safetensors; the previous version"):
+        _decompose(tmp_path, _cfg(steps=12))
+    names = sorted(p.name for p in (tmp_path / CKPT_DIR).iterdir())
+    assert names == ["step_00000000.safetensors", "step_00000004.safetensors"]  # no temp file left behind
+    assert all(load_tensors(tmp_path / CKPT_DIR / n) for n in names)
+
+
+def test_full_disk_stops_decomposition_before_its_first_step(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 1000))
+    with pytest.raises(DiskFull, match=r"only 0 MB free .* needs 1 MB"):
+        _decompose(tmp_path, _cfg(), lambda gen: calls.append(1) or _sample(gen))
+    assert calls == [] and latest_checkpoint(tmp_path) is None
+
+
+def test_save_atomic_write_keeps_old_file_on_any_failure(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text("old")
+
+    def broken(tmp):
+        tmp.write_text("half")
+        raise RuntimeError("crash mid-write")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, broken)
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+# ------------------------------------------------------------------------------------------- numerical faults
+
+
+def _poisoned_at(calls_to_poison: set[int]):
+    calls = {"n": 0}
+
+    def sample(gen):
+        calls["n"] += 1
+        x = _sample(gen)
+        return x * float("nan") if calls["n"] in calls_to_poison else x
+
+    return sample
+
+
+def test_nan_stops_with_step_and_terms_and_keeps_last_good_checkpoint(tmp_path):
+    with pytest.raises(DivergenceError, match=r"decomposition diverged at step 6: total loss nan .*terms: stochastic_recon=nan, "
+                                              r"layerwise_recon=nan, importance_minimality=.*retry_lr_factor=0.5"):
+        _decompose(tmp_path, _cfg(), _poisoned_at({7}))
+    assert latest_checkpoint(tmp_path).name == "step_00000004.safetensors"
+
+
+def test_divergence_retries_from_last_good_checkpoint_with_lower_lr(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="circuitdecomp"):
+        params, result = _decompose(tmp_path, _cfg(retry_lr_factor=0.5), _poisoned_at({7}))
+    assert result.lr_scale == 0.5 and all(torch.isfinite(p).all() for p in params.values())
+    assert "diverged at step 6" in caplog.text and "Retry 1/2 from the last periodic checkpoint with lr x 0.5" in caplog.text
+    assert read_retry(latest_checkpoint(tmp_path)).lr_scale == 0.5  # a resumed run keeps the lower rate
+    assert _decompose(tmp_path, _cfg(retry_lr_factor=0.5))[1].lr_scale == 0.5
+
+
+def test_retries_are_limited(tmp_path):
+    with pytest.raises(DivergenceError, match=r"diverged at step 4.*No retry left \(decomposition.max_retries=2"):
+        _decompose(tmp_path, _cfg(retry_lr_factor=0.5), _poisoned_at(set(range(7, 100))))
+    assert read_retry(latest_checkpoint(tmp_path)).count == 2
+
+
+def test_retry_goes_back_to_a_periodic_checkpoint_never_a_signal_one(tmp_path):
+    cm = ComponentModel(_model(), _cfg())
+    state = fresh_state(cm, _cfg(), 0)
+    for step, by_signal in [(4, False), (8, False), (10, True)]:
+        save_checkpoint(tmp_path, step, state.named, state.opt, state.gens, by_signal=by_signal)
+    retry = retry_from_last_good(tmp_path, 0.5, max_retries=2)
+    assert retry.lr_scale == 0.5 and retry.count == 1
+    assert [p.name for p in sorted((tmp_path / CKPT_DIR).iterdir())] == ["step_00000004.safetensors", "step_00000008.safetensors"]
+    with safe_open(str(tmp_path / CKPT_DIR / "step_00000008.safetensors"), "pt") as f:
+        assert f.metadata()["lr_scale"] == "0.5"
+    assert load_checkpoint(tmp_path / CKPT_DIR / "step_00000008.safetensors", state.named, state.opt, state.gens) == 8
+    assert retry_from_last_good(tmp_path, 0.0, max_retries=2) is None  # off
+
+
+def test_signal_checkpoints_are_pruned_but_periodic_ones_kept(tmp_path):
+    cm = ComponentModel(_model(), _cfg())
+    state = fresh_state(cm, _cfg(), 0)
+    for step, by_signal in [(0, False), (3, True), (4, False), (6, True), (8, False)]:
+        save_checkpoint(tmp_path, step, state.named, state.opt, state.gens, by_signal=by_signal)
+    assert [p.name[5:13] for p in sorted((tmp_path / CKPT_DIR).iterdir())] == ["00000004", "00000008"]
+
+
+# -------------------------------------------------------------------------------------------- determinism
+
+
+def _same_file_contents(a: Path, b: Path) -> bool:
+    """Equal tensors and metadata (safetensors writes its header in hash order, so bytes may differ)."""
+    ta, tb = load_tensors(a), load_tensors(b)
+    with safe_open(str(a), "pt") as fa, safe_open(str(b), "pt") as fb:
+        same_meta = fa.metadata() == fb.metadata()
+    return same_meta and ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_same_seed_and_config_give_identical_world_file(tmp_path):
+    cfg = WorldConfig(n_attributes=6, n_animals=12, n_houses=4, n_economies=2, n_facts=2, n_fact_answers=4)
+    a = save_world(make_world(cfg, 5), tmp_path / "a")
+    b = save_world(make_world(cfg, 5), tmp_path / "b")
+    c = save_world(make_world(cfg, 6), tmp_path / "c")
+    assert _same_file_contents(a, b) and not _same_file_contents(a, c)
+
+
+def test_same_seed_and_config_give_identical_decomposition(tmp_path):
+    a, _ = _decompose(tmp_path / "a", _cfg())
+    b, _ = _decompose(None, _cfg())  # with or without checkpoints
+    c, _ = _decompose(tmp_path / "c", _cfg(), seed=1)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["0/V"], c["0/V"])
+
+
+# ------------------------------------------------------------------------------------------ target training
+
+TINY_WORLD = WorldConfig(name="tiny", n_attributes=8, n_animals=24, n_houses=8, n_economies=8, n_facts=2, n_fact_answers=5,
+                         holdout_fraction=0.3)
+
+
+@pytest.fixture(scope="module")
+def tiny_world():
+    return make_world(TINY_WORLD, seed=1)
+
+
+def _target_cfg(**kw):
+    from circuitdecomp.target.config import TransformerTargetConfig
+
+    return TransformerTargetConfig(**(dict(train_steps=12, batch_size=32, warmup_steps=2, eval_every=0, checkpoint_every=4) | kw))
+
+
+def _train_target(world, out_dir, cfg, seed=0) -> dict[str, torch.Tensor]:
+    from circuitdecomp.target.model import baked_state_dict
+    from circuitdecomp.target.train import train_target
+    from circuitdecomp.tracking import NullLogger
+
+    model = train_target(world, cfg, seed, NullLogger(), out_dir=out_dir).model
+    return {k: v.detach().clone() for k, v in baked_state_dict(model).items()}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_target_training_sigterm_checkpoints_and_resume_is_bit_identical(tiny_world, tmp_path, monkeypatch):
+    from circuitdecomp.target.train import CKPT_DIR as TARGET_CKPT
+    from circuitdecomp.world.sampler import Sampler
+
+    straight = _train_target(tiny_world, tmp_path / "a", _target_cfg())
+    real_sample, calls = Sampler.sample, {"n": 0}
+
+    def sample_then_sigterm(self, *args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives during step 6; the loop stops before step 7
+        return real_sample(self, *args, **kw)
+
+    monkeypatch.setattr(Sampler, "sample", sample_then_sigterm)
+    with pytest.raises(Interrupted, match="target training stopped by SIGTERM at step 7"):
+        _train_target(tiny_world, tmp_path / "b", _target_cfg())
+    assert latest_checkpoint(tmp_path / "b", TARGET_CKPT).name == "step_00000007.safetensors"
+    monkeypatch.setattr(Sampler, "sample", real_sample)
+    resumed = _train_target(tiny_world, tmp_path / "b", _target_cfg())
+    assert _same(straight, resumed)
+    assert latest_checkpoint(tmp_path / "b") is None  # the decomposition's folder stays empty: no clash in one run dir
+
+
+def test_target_training_divergence_names_step_and_terms(tiny_world, tmp_path):
+    from circuitdecomp.target.train import CKPT_DIR as TARGET_CKPT
+
+    with pytest.raises(DivergenceError, match=r"target training diverged at step 0: total loss .* \(limit 1e-09\), grad norm "
+                                              r".*terms: ce=.*, act_l1=.*, lookup_gate_l1=.*target.retry_lr_factor=0.5"):
+        _train_target(tiny_world, tmp_path, _target_cfg(max_loss=1e-9))
+    assert latest_checkpoint(tmp_path, TARGET_CKPT).name == "step_00000000.safetensors"
+
+
+def test_target_training_nan_retries_with_lower_lr(tiny_world, tmp_path, monkeypatch):
+    from circuitdecomp.target import train as target_train
+    from circuitdecomp.target.train import CKPT_DIR as TARGET_CKPT
+
+    real_ce, calls = target_train.F.cross_entropy, {"n": 0}
+
+    def ce_nan_once(*args, **kw):
+        calls["n"] += 1
+        loss = real_ce(*args, **kw)
+        return loss * float("nan") if calls["n"] == 6 else loss
+
+    monkeypatch.setattr(target_train.F, "cross_entropy", ce_nan_once)
+    with pytest.raises(DivergenceError, match=r"target training diverged at step 5: total loss nan .*ce=nan"):
+        _train_target(tiny_world, tmp_path / "off", _target_cfg())
+    calls["n"] = 0
+    params = _train_target(tiny_world, tmp_path / "on", _target_cfg(retry_lr_factor=0.5))
+    assert all(torch.isfinite(v).all() for v in params.values())
+    assert read_retry(latest_checkpoint(tmp_path / "on", TARGET_CKPT)) .lr_scale == 0.5
+
+
+def test_target_checkpoint_from_another_config_is_refused(tiny_world, tmp_path):
+    _train_target(tiny_world, tmp_path, _target_cfg(train_steps=4))
+    with pytest.raises(BadRunFile, match=r"checkpoint .*target/step_00000004.safetensors was written with other settings "
+                                         r"\(target.lr: [0-9.e-]+ -> 0.001\)"):
+        _train_target(tiny_world, tmp_path, _target_cfg(train_steps=4, lr=1e-3))
+
+
+def test_target_from_another_config_names_the_file(tiny_world, tmp_path):
+    from circuitdecomp.runio import to_plain
+    from circuitdecomp.target.model import build_model, save_model
+    from circuitdecomp.target.run import load_target_run
+
+    save_config(tmp_path, {"world": to_plain(TINY_WORLD), "target": to_plain(_target_cfg(d_mlp=40)), "seed": 1})
+    save_model(build_model(tiny_world, _target_cfg(d_mlp=30), seed=1), tmp_path)
+    with pytest.raises(BadRunFile, match=r"target.safetensors does not fit this model .*blocks.0.mlp.in.weight: file \(30, "):
+        load_target_run(tmp_path)
+
+
+def test_same_seed_and_config_give_identical_target(tiny_world):
+    a = _train_target(tiny_world, None, _target_cfg(train_steps=6))
+    b = _train_target(tiny_world, None, _target_cfg(train_steps=6))
+    c = _train_target(tiny_world, None, _target_cfg(train_steps=6), seed=1)
+    assert _same(a, b) and not _same(a, c)
+
+
+@pytest.mark.slow
+def test_target_script_sigterm_then_rerun_matches_uninterrupted(tmp_path):
+    """The whole train_target.py on a real subprocess: SIGTERM mid-training, exit 130, re-run, same target."""
+    import time
+
+    args = [sys.executable, "scripts/train_target.py", "target=trained", "world.n_attributes=8", "world.n_animals=24",
+            "world.n_houses=8", "world.n_economies=8", "world.n_facts=2", "world.n_fact_answers=5", "world.holdout_fraction=0.3",
+            "target.train_steps=600", "target.batch_size=64", "target.checkpoint_every=20", "target.eval_every=0",
+            "tracking.mode=disabled", "seed=3"]
+
+    def run(d):
+        return subprocess.Popen([*args, f"hydra.run.dir={d}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    straight, interrupted = run(tmp_path / "straight"), run(tmp_path / "interrupted")
+    ckpts, deadline = tmp_path / "interrupted" / "checkpoints" / "target", time.time() + 300
+    while not (ckpts.exists() and any(p.name >= "step_00000100" for p in ckpts.glob("step_*"))):
+        assert interrupted.poll() is None and time.time() < deadline, interrupted.communicate()
+        time.sleep(0.2)
+    interrupted.send_signal(signal.SIGTERM)
+    _, err = interrupted.communicate(timeout=120)
+    assert interrupted.returncode == 130 and "target training stopped by SIGTERM" in err, err
+    assert not (tmp_path / "interrupted" / "target_circuits.png").exists()
+    resumed = run(tmp_path / "interrupted")
+    assert resumed.wait(timeout=300) == 0, resumed.communicate()
+    assert straight.wait(timeout=300) == 0, straight.communicate()
+    a = load_tensors(tmp_path / "straight" / "target.safetensors")
+    b = load_tensors(tmp_path / "interrupted" / "target.safetensors")
+    assert _same(a, b)
