@@ -2,6 +2,7 @@
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -16,6 +17,9 @@ from torch import Tensor, nn
 from circuitdecomp.decomp.api import Decomposition
 from circuitdecomp.runio import Metrics, save_figure, update_metrics
 from circuitdecomp.tracking import Logger
+
+if TYPE_CHECKING:
+    from circuitdecomp.config import Config
 
 
 def permutation_sequences(vocab: int, seq_len: int, batch: int, seed: int) -> Iterator[Int[Tensor, "batch pos"]]:
@@ -80,3 +84,20 @@ def finish(dec: Decomposition, eval_batch: object, out_dir: Path, logger: Logger
     logger.log(metrics)
     logger.log_artifact(path, f"{name}-decomposition", "decomposition")
     return metrics
+
+
+def run_token_example(cfg: "Config", out_dir: Path, logger: Logger, build_model: Callable[[int, int], tuple[nn.Module, float]],
+                      train_steps: int, vocab: int, seq_len: int) -> None:
+    """Train a next-token model on permutation sequences, decompose it (one or several processes), report on rank 0."""
+    from circuitdecomp import decompose
+    from circuitdecomp.decomp.distributed import process_group
+
+    model, loss = build_model(cfg.seed, train_steps)
+    d = cfg.decomposition
+    with process_group() as shard:
+        dec = decompose(model, {m.pattern: m.C for m in d.modules}, permutation_sequences(vocab, seq_len, d.batch_size, cfg.seed + 1),
+                        d, out_dir=out_dir, seed=cfg.seed, logger=logger, log_every=cfg.tracking.log_every)
+        if shard is None or shard.is_main:
+            eval_batch = next(permutation_sequences(vocab, seq_len, 512, cfg.seed + 2))
+            metrics = finish(dec, eval_batch, out_dir, logger, cfg.name, {"target/next_token_loss": loss})
+            print({k: round(v, 4) for k, v in metrics.items()})

@@ -9,12 +9,10 @@ per token: the modules see [batch, pos, d] inputs.
 
 from pathlib import Path
 
-from circuitdecomp import decompose
 from circuitdecomp.cli import hydra_script
 from circuitdecomp.config import Config
-from circuitdecomp.decomp.distributed import process_group
 from circuitdecomp.tracking import Logger
-from common import finish, permutation_sequences, train_next_token
+from common import permutation_sequences, run_token_example, train_next_token
 
 VOCAB, SEQ_LEN = 24, 12
 TRAIN_STEPS = 300
@@ -33,15 +31,7 @@ def build_model(seed: int, steps: int):
 
 @hydra_script("example_tl")
 def main(cfg: Config, out_dir: Path, logger: Logger) -> None:
-    model, loss = build_model(cfg.seed, TRAIN_STEPS)
-    d = cfg.decomposition
-    with process_group() as shard:
-        dec = decompose(model, {m.pattern: m.C for m in d.modules}, permutation_sequences(VOCAB, SEQ_LEN, d.batch_size, cfg.seed + 1),
-                        d, out_dir=out_dir, seed=cfg.seed, logger=logger, log_every=cfg.tracking.log_every)
-        if shard is None or shard.is_main:
-            eval_batch = next(permutation_sequences(VOCAB, SEQ_LEN, 512, cfg.seed + 2))
-            metrics = finish(dec, eval_batch, out_dir, logger, cfg.name, {"target/next_token_loss": loss})
-            print({k: round(v, 4) for k, v in metrics.items()})
+    run_token_example(cfg, out_dir, logger, build_model, TRAIN_STEPS, VOCAB, SEQ_LEN)
 
 
 if __name__ == "__main__":

@@ -225,3 +225,11 @@ def test_templates_need_room_in_the_mlp(world):
 
     with pytest.raises(ValueError, match="animal_templates"):
         build_model(world, TransformerTargetConfig(d_mlp=TINY.n_animals), seed=0)
+
+
+def test_mechanism_probe_keeps_attribute_rows_when_size_and_fact_rows_fill_it(world):
+    from circuitdecomp.target.mechanisms import probe_set
+
+    probe = probe_set(world, max_rows=10, min_attribute_rows=50)
+    assert int((probe.qtype == 0).sum()) == 50
+    assert int((probe.qtype != 0).sum()) == int((world.examples.qtype != 0).sum())  # every size and fact row

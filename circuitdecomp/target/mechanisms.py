@@ -38,12 +38,12 @@ def ablated_accuracy(model: nn.Module, examples: Examples, direction: Float[Tens
     return accuracy_by_type(logits, examples, prefix)
 
 
-def probe_set(world: World, max_rows: int = 12_000, seed: int = 0) -> Examples:
+def probe_set(world: World, max_rows: int = 12_000, min_attribute_rows: int = 2_000, seed: int = 0) -> Examples:
     """Every size and fact row plus a random sample of attribute rows (ablations need not see all of them)."""
     ex = world.examples
     gen = torch.Generator().manual_seed(seed)
     attr = (ex.qtype == int(QuestionType.attribute)).nonzero().squeeze(1)
-    attr = attr[torch.randperm(attr.numel(), generator=gen)[: max(0, max_rows - int((ex.qtype != 0).sum()))]]
+    attr = attr[torch.randperm(attr.numel(), generator=gen)[: max(min_attribute_rows, max_rows - int((ex.qtype != 0).sum()))]]
     return ex.subset(torch.cat([(ex.qtype != int(QuestionType.attribute)).nonzero().squeeze(1), attr]))
 
 
