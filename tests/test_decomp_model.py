@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from circuitdecomp.decomp.components import MaskInfo
-from circuitdecomp.decomp.config import DecompositionConfig, ModuleSpec
+from circuitdecomp.decomp.config import DecompositionConfig, InitKind, ModuleSpec
 from circuitdecomp.decomp.model import ComponentModel
 
 
@@ -161,3 +161,16 @@ def test_masked_positions_only_change_those_positions():
     assert not torch.allclose(out[:, -1], expected[:, -1], atol=1e-3)  # every component ablated at the last position
     _fit_exactly(cm)
     assert torch.allclose(cm(tokens, _ones(cm, (4, 1), None)), expected, atol=1e-5)
+
+
+def test_neuron_init_is_exact_and_one_component_per_unit():
+    """init=neurons: ΣUV = W from the start, each hidden unit of the wider side in its own component."""
+    model = EmbedMLP()
+    cm = ComponentModel(model, _cfg("fc*", C=20, init=InitKind.neurons, compile=False))
+    for path in ("fc1", "fc2"):  # fc1: 8 -> 16 (units are outputs), fc2: 16 -> 5 (units are inputs)
+        comp = cm.component(path)
+        assert torch.allclose(comp.component_weight(), comp.target_weight(), atol=1e-5)
+    fc1 = cm.component("fc1")
+    assert torch.allclose(fc1.V[:, :16].norm(dim=0), torch.ones(16))  # unit read directions
+    assert torch.count_nonzero(fc1.U[:16, :16] - torch.diag(torch.diagonal(fc1.U[:16, :16]))) == 0
+    assert torch.equal(cm.component("fc2").V[:16, :16], torch.eye(16))

@@ -88,3 +88,16 @@ def test_restarts_continue_the_best_initialisation(tmp_path, caplog):
     chosen = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("continuing restart"))
     assert len(scores) == 3 and f"restart {scores.index(min(scores)) + 1} " in chosen
     assert result.steps_done == 6  # 10 steps in all, 4 of them inside the restart phase
+
+
+def test_ci_warmup_trains_only_the_ci_functions():
+    """ci_warmup_steps: components stay at their start (here the exact init=neurons one) while the CI functions move."""
+    from circuitdecomp.decomp.config import InitKind
+
+    cfg = _cfg(init=InitKind.neurons, ci_warmup_steps=5, steps=5, ci_init_bias=0.5, ci_lr_scale=10.0, compile=False)
+    cm = ComponentModel(_model(), cfg)
+    start = {k: v.detach().clone() for k, v in cm.named_trainables().items()}
+    train_decomposition(cm, _sample, cfg, seed=0)
+    after = cm.named_trainables()
+    for k, v in start.items():
+        assert (not torch.equal(after[k].detach(), v)) == ("/ci/" in k), k
