@@ -198,7 +198,7 @@ def test_attribute_circuits_of_the_planted_target_read_one_attribute_each(world,
 
     c = attribute_circuits(planted, world)
     assert torch.allclose(c.purity, torch.ones_like(c.purity), atol=1e-5)
-    assert torch.equal(c.active_units, torch.full_like(c.active_units, 4.0))  # yes, yes-cap, no, no-cap
+    assert torch.equal(c.active_units, torch.full_like(c.active_units, 2.0))  # yes, no
     big = make_world(WorldConfig(name="big", n_attributes=8, n_animals=400, n_houses=4, n_economies=4, n_facts=3), 0)
     from circuitdecomp.target.planted import planted_model
 

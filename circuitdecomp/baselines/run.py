@@ -3,19 +3,22 @@
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import torch
 
 from circuitdecomp.baselines.data import ReadoutData, readout_data
-from circuitdecomp.baselines.sweep import SAEResult, fve, practitioner_pick, run_sweep, sweep_specs, true_l0
+from circuitdecomp.baselines.sweep import SAEResult, clear_checkpoints, fve, practitioner_pick, run_sweep, sweep_specs, true_l0
 from circuitdecomp.baselines.table import Entry, Row, ThesisTable, oracle_row, score_entry
 from circuitdecomp.config import Config
+from circuitdecomp.decomp.checkpoint import BOOKKEEPING, run_fingerprint
 from circuitdecomp.evaluate.config import RecoveryConfig
 from circuitdecomp.evaluate.dictionaries import half_size_dictionary, random_dictionary
 from circuitdecomp.evaluate.recovery import Units
 from circuitdecomp.frozen import check
-from circuitdecomp.runio import Metrics, load_tensors, require_keys, save_figure, save_tensors, update_metrics, write_text
+from circuitdecomp.runio import (Metrics, load_run, load_tensors, require_keys, save_figure, save_tensors, to_plain,
+                                 update_metrics, write_text)
 from circuitdecomp.tracking import Logger
 from circuitdecomp.world.world import World
 
@@ -62,7 +65,8 @@ def run_baselines(cfg: Config, run_dir: Path, logger: Logger, out_dir: Path | No
     """Train and score the SAE sweep on the target of `run_dir`; writes table, figure, SAEs and metrics to `out_dir` (default run_dir).
 
     The table gets a features-from-circuits row on top when `run_dir` holds the features stage's `features.safetensors`
-    (values on the same held-out inputs).
+    (values on the same held-out inputs). The sweep resumes: an interrupted run re-run with the same settings and
+    `out_dir` loads the SAEs it finished and continues the one it was training (`run_sweep`).
     """
     from circuitdecomp.pipeline.decompose import held_out_batch
     from circuitdecomp.target.run import load_target_run  # imports TransformerLens: seconds
@@ -78,7 +82,8 @@ def run_baselines(cfg: Config, run_dir: Path, logger: Logger, out_dir: Path | No
     specs = sweep_specs(b, world.cfg.n_attributes, world.cfg.n_animals, list(l0s.values()))
     log.info("baselines: %d SAEs on %d training / %d held-out read-outs (%s space, d=%d); true L0 %s", len(specs),
              data.train.shape[0], data.eval.shape[0], b.space.value, data.basis.shape[0], l0s)
-    results = run_sweep(data, specs, b, world.cfg.size_attribute, recovery, cfg.seed, logger)
+    results = run_sweep(data, specs, b, world.cfg.size_attribute, recovery, cfg.seed, logger, out_dir,
+                        sweep_fingerprint(cfg, load_run(Path(run_dir)).config))
 
     table, keys = baseline_table(results, reference_rows(world, data, recovery, cfg.seed), b.practitioner_max_l0)
     features = features_row(Path(run_dir), data, world.cfg.size_attribute, recovery)
@@ -90,8 +95,20 @@ def run_baselines(cfg: Config, run_dir: Path, logger: Logger, out_dir: Path | No
     metrics |= {"baselines/n_saes": len(results), "baselines/seconds": time.perf_counter() - start}
     save_outputs(out_dir, table, results, f"world {world.cfg.name}, seed {cfg.seed}: {len(results)} SAEs", logger)
     update_metrics(out_dir, metrics)
+    clear_checkpoints(out_dir)  # every output is written: a re-run does the stage again, with any settings
     logger.log({k: float(v) for k, v in metrics.items()})
     return metrics
+
+
+def sweep_fingerprint(cfg: Config, target_run: dict[str, Any]) -> dict[str, Any]:
+    """What decides the sweep's saved SAEs: the seed, the baselines settings (less where the target run is read from,
+    the table's pick and logging), the held-out inputs and their scoring, and the world and target of the target run
+    (`target_run`: its config.yaml)."""
+    baselines = {k: v for k, v in to_plain(cfg.baselines).items() if k not in ("run_dir", "practitioner_max_l0")}
+    baselines["train"] = {k: v for k, v in baselines["train"].items() if k not in BOOKKEEPING}
+    evaluation = {"n_inputs": cfg.evaluation.n_inputs, "recovery": cfg.evaluation.recovery}
+    return run_fingerprint(cfg.seed, baselines=baselines, evaluation=evaluation, world=target_run["world"],
+                           target=target_run["target"]) | {"target_seed": target_run["seed"]}
 
 
 def baseline_table(results: list[SAEResult], references: list[Row], max_l0: float) -> tuple[ThesisTable, dict[str, str]]:

@@ -1,16 +1,21 @@
-"""Train one SAE on an iterator of activation batches: Adam, unit-norm decoder, dead-latent tracking, AuxK."""
+"""Train one SAE on an iterator of activation batches: Adam, unit-norm decoder, dead-latent tracking, AuxK; resumable."""
 
 import logging
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float
-from torch import Tensor
+from torch import Tensor, nn
 
 from circuitdecomp.baselines.config import SAEKind, SAESpec, SAETrainConfig
 from circuitdecomp.baselines.sae import SparseAutoencoder, aux_k_loss, l1_penalty, matryoshka_loss, mse
+from circuitdecomp.decomp.checkpoint import latest_checkpoint, load_checkpoint, run_fingerprint, save_checkpoint
+from circuitdecomp.interrupt import Interrupted, check_finite, stop_on_signals
 from circuitdecomp.progress import progress
 from circuitdecomp.runio import Metrics
 from circuitdecomp.tracking import Logger, NullLogger
@@ -34,21 +39,23 @@ def _lr(step: int, cfg: SAETrainConfig) -> float:
     return cfg.lr * (cfg.steps - step) / max(1, cfg.steps - decay_start)
 
 
-def _loss(sae: SparseAutoencoder, x: Float[Tensor, "batch d_model"], dead: Bool[Tensor, " n_latents"], cfg: SAETrainConfig) -> tuple[Tensor, Tensor, Tensor]:
-    """Total loss, the latents (for bookkeeping) and the reconstruction error."""
+def _loss(sae: SparseAutoencoder, x: Float[Tensor, "batch d_model"], dead: Bool[Tensor, " n_latents"],
+          cfg: SAETrainConfig) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+    """Total loss, its terms by name (`mse` always: the reconstruction error) and the latents (for bookkeeping)."""
     spec = sae.spec
     out = sae(x, batch_sparsity=True)
-    recon_error = mse(out.recon, x)
+    terms = {"mse": mse(out.recon, x)}
     match spec.kind:
         case SAEKind.relu:
-            return recon_error + spec.l1_coeff * l1_penalty(out.latents), out.latents, recon_error
+            terms["l1"] = l1_penalty(out.latents)
+            return terms["mse"] + spec.l1_coeff * terms["l1"], terms, out.latents
         case SAEKind.topk | SAEKind.batchtopk:
-            main = recon_error
+            main = terms["mse"]
         case SAEKind.matryoshka:
-            main = matryoshka_loss(sae, out.latents, x)
+            main = terms["matryoshka"] = matryoshka_loss(sae, out.latents, x)
     k_aux = min(x.shape[1] // 2, spec.width)  # half of d_model, as in Gao et al.
-    aux = aux_k_loss(sae, out.pre, x - out.recon, dead, k_aux)
-    return main + cfg.aux_coeff * aux, out.latents, recon_error
+    terms["aux_k"] = aux_k_loss(sae, out.pre, x - out.recon, dead, k_aux)
+    return main + cfg.aux_coeff * terms["aux_k"], terms, out.latents
 
 
 @torch.no_grad()
@@ -82,52 +89,96 @@ def train_sae(
     seed: int,
     logger: Logger = NullLogger(),
     tag: str = "sae",
+    ckpt_dir: Path | None = None,
 ) -> TrainedSAE:
-    """Train an SAE of architecture `spec` for `cfg.steps` batches; logs `<tag>/loss`, `<tag>/mse`, `<tag>/l0`, `<tag>/dead_frac`."""
+    """Train an SAE of architecture `spec` for `cfg.steps` batches; logs `<tag>/loss`, `<tag>/mse`, `<tag>/l0`, `<tag>/dead_frac`.
+
+    SIGTERM / Ctrl-C stop it at the next step boundary with Interrupted, after writing a checkpoint into `ckpt_dir`
+    (when given). Called again with the same arguments, `batches` afresh from its start (the batches trained on before
+    the checkpoint are skipped), it resumes there and ends bit-identical to an uninterrupted run. A non-finite loss or
+    gradient raises DivergenceError naming the SAE, the step and every loss term, before the step is taken.
+    """
     first = next(batches)
     check_batch(first)
     sae = SparseAutoencoder(spec, first.shape[1], torch.Generator().manual_seed(seed))
     with torch.no_grad():
         sae.b_dec.copy_(first.mean(dim=0))  # start the pre-encoder bias at the data's centre
     sae.b_dec.requires_grad_(cfg.learn_pre_bias)
-    opt = torch.optim.Adam([p for p in sae.parameters() if p.requires_grad], lr=cfg.lr, fused=True)  # fused: ~25% faster steps on CPU
-    gen = torch.Generator().manual_seed(seed + 1)
-    since_fired = torch.zeros(spec.width, dtype=torch.long)
+    params = [p for p in sae.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr, fused=True)  # fused: ~25% faster steps on CPU
+    gens = {"resample": torch.Generator().manual_seed(seed + 1)}
+    since_fired = torch.zeros(spec.width, dtype=torch.long)  # steps since each latent fired; updated in place
+    # what a checkpoint keeps: every tensor a step changes. Checkpoints restore parameters by name, so the threshold
+    # buffer and the counter go in as frozen parameters that share their storage.
+    extra = {"threshold": sae.threshold, "since_fired": since_fired}
+    state = dict(sae.named_parameters()) | {k: nn.Parameter(v, requires_grad=False) for k, v in extra.items()}
+    fingerprint = run_fingerprint(seed, sae=spec, train=cfg)
+    first_step = 0 if ckpt_dir is None else _resume(ckpt_dir, state, opt, gens, fingerprint, batches)
+    label = describe(spec)
     start, x = time.perf_counter(), first
-    with progress(cfg.steps, tag) as bar:
-        for step in range(cfg.steps):
+    with stop_on_signals() as stop, progress(cfg.steps, tag, initial=first_step) as bar:
+        for step in range(first_step, cfg.steps):
+            if stop.set:
+                if ckpt_dir is not None:
+                    save_checkpoint(ckpt_dir.parent, step, state, opt, gens, folder=ckpt_dir.name, by_signal=True,
+                                    fingerprint=fingerprint)
+                raise Interrupted(f"{label} stopped by {stop.signal_name} at step {step}")
             if step > 0:
                 x = next(batches)
                 check_batch(x, first.shape[1])
             for group in opt.param_groups:
                 group["lr"] = _lr(step, cfg)
             dead = since_fired >= cfg.dead_after
-            loss, latents, recon_error = _loss(sae, x, dead, cfg)
+            loss, terms, latents = _loss(sae, x, dead, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             sae.project_decoder_grad()
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]).item()
+            check_finite(label, step, loss, terms, grad_norm, math.inf, f"lower baselines.train.lr (now {cfg.lr:g}) and re-run.")
             opt.step()
             sae.normalise_decoder()
             if spec.kind in (SAEKind.batchtopk, SAEKind.matryoshka):
                 sae.update_threshold(latents, cfg.threshold_momentum)
             fired = (latents > 0).any(dim=0)
-            since_fired = torch.where(fired, 0, since_fired + 1)
+            since_fired.add_(1).masked_fill_(fired, 0)
             if cfg.resample_every and step % cfg.resample_every == cfg.resample_every - 1 and step < cfg.resample_until * cfg.steps:
                 dead = since_fired >= cfg.dead_after
-                if resample_dead(sae, opt, x, dead, gen):
+                if resample_dead(sae, opt, x, dead, gens["resample"]):
                     since_fired[dead] = 0
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"SAE {spec.name}: loss is {loss.item()} at step {step}; lower baselines.train.lr")
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
-                metrics: Metrics = {f"{tag}/loss": loss.item(), f"{tag}/mse": recon_error.item(),
+                metrics: Metrics = {f"{tag}/loss": loss.item(), f"{tag}/mse": terms["mse"].item(),
                                     f"{tag}/l0": (latents > 0).float().sum(dim=1).mean().item(),
                                     f"{tag}/dead_frac": dead.float().mean().item()}
                 logger.log(metrics)
-                bar.set_postfix(mse=f"{recon_error.item():.3g}", l0=f"{metrics[f'{tag}/l0']:.3g}")
+                bar.set_postfix(mse=f"{terms['mse'].item():.3g}", l0=f"{metrics[f'{tag}/l0']:.3g}")
             bar.update(1)
     seconds = time.perf_counter() - start
-    log.info("%s: %d steps in %.1f s, final loss %.4g", tag, cfg.steps, seconds, loss.item())
+    log.info("%s: %d steps in %.1f s, final loss %.4g", tag, cfg.steps - first_step, seconds, loss.item())
     return TrainedSAE(sae.eval(), since_fired >= cfg.dead_after, loss.item(), seconds)
+
+
+def _resume(ckpt_dir: Path, state: dict[str, nn.Parameter], opt: torch.optim.Optimizer, gens: dict[str, torch.Generator],
+            fingerprint: dict[str, Any], batches: Iterator[Tensor]) -> int:
+    """Restore the newest checkpoint in `ckpt_dir`, if any, and skip the batches trained on before it; returns its step (or 0)."""
+    ckpt = latest_checkpoint(ckpt_dir.parent, ckpt_dir.name)
+    if ckpt is None:
+        return 0
+    step = load_checkpoint(ckpt, state, opt, gens, fingerprint)
+    # checkpoints store tensors contiguous, but the fused Adam kernel walks a parameter and its moments as flat memory:
+    # each moment must get its parameter's layout back (W_enc, a transposed copy at init, would be updated wrongly)
+    for param, moments in opt.state.items():
+        for name, moment in moments.items():
+            if moment.shape == param.shape:
+                moments[name] = torch.empty_like(param).copy_(moment)
+    for _ in range(step - 1):  # the first batch is drawn already; steps 1 .. step - 1 trained on these
+        next(batches)
+    return step
+
+
+def describe(spec: SAESpec) -> str:
+    """The SAE in words for messages: `SAE topk_w24_k1 (topk, width 24, k=1)`."""
+    sparsity = f"k={spec.k}" if spec.kind is not SAEKind.relu else f"l1_coeff={spec.l1_coeff:g}"
+    return f"SAE {spec.name} ({spec.kind.value}, width {spec.width}, {sparsity})"
 
 
 def check_batch(x: Tensor, d_model: int | None = None) -> None:

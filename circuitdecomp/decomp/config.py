@@ -50,6 +50,9 @@ class ModuleSpec(Frozen):
     pattern: str = MISSING
     C: int = MISSING
     C_factor: float = 1.1
+    # mask every sequence position of these matches even when `positions` picks some: for matrices whose outputs at
+    # other positions are read at the picked ones (attention keys and values)
+    all_positions: bool = False
 
     def __post_init__(self) -> None:
         check(bool(self.pattern), "decomposition.modules: a pattern is empty; name modules like 'blocks.*.mlp.in'")

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from circuitdecomp.decomp.adapters import WeightKind, find_slots, insert_identity, match_slots, weight_matrix
 from circuitdecomp.decomp.ci import PerComponentMLP, SharedMLP, lower_leaky_hard_sigmoid, upper_leaky_hard_sigmoid
 from circuitdecomp.decomp.components import DecomposedModule, MaskInfo, PassState
-from circuitdecomp.decomp.config import CIFnType, DecompositionConfig, InitKind
+from circuitdecomp.decomp.config import CIFnType, DecompositionConfig, InitKind, ModuleSpec
 
 
 @dataclass(frozen=True)
@@ -55,9 +55,11 @@ class ComponentModel(nn.Module):
         slots = find_slots(target)
         matched = match_slots(slots, [spec.pattern for spec in cfg.modules])
         C_of: dict[str, int] = {}
+        spec_of: dict[str, ModuleSpec] = {}
         for spec in cfg.modules:  # later patterns override earlier ones, like config overrides
             for path in matched[spec.pattern]:
                 C_of[path] = spec.C or math.ceil(spec.C_factor * max(weight_matrix(slots[path].get()).shape))
+                spec_of[path] = spec
         self.paths = [p for p in slots if p in C_of]  # model order
         self.components = nn.ModuleDict()
         self.ci_fns = nn.ModuleDict()
@@ -68,7 +70,7 @@ class ComponentModel(nn.Module):
             comp = DecomposedModule(path, base, C_of[path], self.state)
             if self.init_neurons:  # (random init already happened: the RNG stream of random runs is unchanged)
                 comp.reset_parameters(neurons=True)
-            comp.positions = None if cfg.positions is None else list(cfg.positions)
+            comp.positions = None if cfg.positions is None or spec_of[path].all_positions else list(cfg.positions)
             self.components[_key(path)] = comp
             match cfg.ci_fn:
                 case CIFnType.mlp:

@@ -75,35 +75,41 @@ def faithfulness_metrics(cm: ComponentModel, examples: Examples) -> Metrics:
         out[f"decomp/faithfulness/{name}/accuracy"] = acc
         out[f"decomp/faithfulness/{name}/relative_accuracy"] = acc / max(target_acc, 1e-12)
         out[f"decomp/faithfulness/{name}/agreement"] = (masked.argmax(-1) == target.argmax(-1)).float().mean().item()
+        if not delta:  # where the components fall short, by question type
+            right = masked.argmax(-1) == examples.answer
+            for q in QuestionType:
+                rows = examples.qtype == int(q)
+                if rows.any():
+                    out[f"decomp/faithfulness/{name}/accuracy/{q.name}"] = right[rows].float().mean().item()
     out["decomp/faithfulness/target_accuracy"] = target_acc
     return out
 
 
 @torch.no_grad()
 def delta_share(cm: ComponentModel, tokens: Int[Tensor, "batch seq"]) -> Metrics:
-    """Per module: ||x (W - ΣUV)|| / ||x W|| over the read-out position: how much of the action the delta carries."""
+    """Per module: ||x (W - ΣUV)|| / max(||x W||, ||x ΣUV||) over the masked positions: how much of the action the delta
+    carries (1 for a matrix whose target action is nil but whose components act: all of their action is spurious)."""
     cm.run_target(tokens)
     out: Metrics = {}
     for path in cm.paths:
         comp = cm.component(path)
-        x = cm.state.inputs[(path, 0)]
         if comp.kind.value == "embedding":
             continue  # an embedding's input is token ids: its delta is the rows' residual, reported by faithfulness
-        x = x[:, -1] if x.dim() == 3 else x
+        x = comp.selected_input((path, 0))
         full = x @ comp.target_weight().T
         rest = x @ comp.weight_delta().T
-        out[f"decomp/delta_share/{path}"] = (rest.norm() / full.norm().clamp_min(1e-12)).item()
+        out[f"decomp/delta_share/{path}"] = (rest.norm() / torch.max(full.norm(), (full - rest).norm()).clamp_min(1e-12)).item()
     return out
 
 
 @torch.no_grad()
 def ci_by_question(cm: ComponentModel, examples: Examples) -> dict[str, Float[Tensor, "n_qtypes C"]]:
-    """Mean CI of each component at the read-out position, per question type (rows in QuestionType order)."""
+    """Mean CI of each component per question type (rows in QuestionType order); the largest over masked positions."""
     cm.run_target(examples.tokens)
     ci = cm.causal_importance().lower
     out = {}
     for path, g in ci.items():
-        g = g[:, -1] if g.dim() == 3 else g
+        g = g.amax(1) if g.dim() == 3 else g
         rows = [g[examples.qtype == int(q)].mean(0) if bool((examples.qtype == int(q)).any()) else torch.zeros(g.shape[-1])
                 for q in QuestionType]
         out[path] = torch.stack(rows)
@@ -149,7 +155,7 @@ def decompose_target(cfg: Config, world: World, model: nn.Module, out_dir: Path,
 
     def eval_fn(m: ComponentModel, step: int) -> Metrics:
         m.run_target(held.tokens)
-        l0 = ci_l0({p: (g[:, -1] if g.dim() == 3 else g) for p, g in m.causal_importance().lower.items()}, d.ci_alive_threshold)
+        l0 = ci_l0(m.causal_importance().lower, d.ci_alive_threshold)  # per masked position
         return {f"decomp/ci_l0/{p}": v for p, v in l0.items()} | faithfulness_metrics(m, held)
 
     metrics: Metrics = {}
@@ -164,7 +170,7 @@ def decompose_target(cfg: Config, world: World, model: nn.Module, out_dir: Path,
         metrics["decomp/ms_per_step"] = result.ms_per_step
     metrics |= eval_fn(cm, d.steps) | delta_share(cm, held.tokens)
     cm.run_target(held.tokens)
-    live = {p: (g[:, -1] if g.dim() == 3 else g).max(0).values > d.ci_alive_threshold for p, g in cm.causal_importance().lower.items()}
+    live = {p: g.flatten(0, -2).amax(0) > d.ci_alive_threshold for p, g in cm.causal_importance().lower.items()}
     metrics |= {f"decomp/n_live/{p}": int(on.sum()) for p, on in live.items()}  # CI above threshold on some input
     by_q = ci_by_question(cm, held)
     fig = ci_question_figure(by_q, live, f"{cfg.name}: causal importance by question type")

@@ -91,7 +91,7 @@ class TransformerTargetConfig(TargetConfig):
     kind: TargetKind = TargetKind.trained
     n_layers: int = 1
     n_heads: int = 1
-    d_mlp: int | None = None  # None: width_factor x the planted width (n_animals + 4 n_attribute_questions + n_facts)
+    d_mlp: int | None = None  # None: width_factor x (n_animals + 4 n_attribute_questions + n_facts)
     width_factor: float = 2.2  # units beyond the animal templates learn the attribute questions; fewer generalise worse
     train_steps: int = 1500
     batch_size: int = 1024

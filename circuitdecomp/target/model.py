@@ -75,14 +75,23 @@ def bridge_config(world: World, cfg: TransformerTargetConfig, seed: int) -> Any:
 
 
 def planted_width(world: World) -> int:
-    """MLP neurons the planted construction uses: one per animal, 4 per attribute question, 1 per fact."""
+    """MLP neurons the planted construction uses: one per animal, 2 per attribute question, 1 per fact."""
+    return world.cfg.n_animals + 2 * len(world.cfg.asked_attributes) + world.cfg.n_facts
+
+
+def trained_base_width(world: World) -> int:
+    """What target.width_factor multiplies: n_animals + 4 per attribute question + n_facts.
+
+    (The planted target's width when it had 4 clamp units per attribute question; kept so the trained target's
+    measured recipe, width 2.2x this, stays the same.)
+    """
     return world.cfg.n_animals + 4 * len(world.cfg.asked_attributes) + world.cfg.n_facts
 
 
 def mlp_width(world: World, cfg: TransformerTargetConfig) -> int:
-    """target.d_mlp, or: the planted width (planted), width_factor x the planted width (trained)."""
+    """target.d_mlp, or: the planted width (planted), width_factor x `trained_base_width` (trained)."""
     planted = cfg.kind.value == "planted"
-    width = cfg.d_mlp if cfg.d_mlp is not None else planted_width(world) if planted else round(cfg.width_factor * planted_width(world))
+    width = cfg.d_mlp if cfg.d_mlp is not None else planted_width(world) if planted else round(cfg.width_factor * trained_base_width(world))
     if planted and width < planted_width(world):
         raise ValueError(f"target.d_mlp={width} is below the {planted_width(world)} neurons the planted target needs "
                          f"for this world; raise target.d_mlp or set it to null")

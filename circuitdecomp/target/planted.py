@@ -8,8 +8,11 @@ x = e_entity + e_question + e_modifier. The MLP then has, in this order:
 * one look-up neuron per animal i: reads exactly v_i, thresholded halfway between v_i . v_i = 1 and its
   nearest neighbour's cosine (so it outputs exactly 1 on animal i, 0 on every other animal), gated by the
   fact flag, and votes for all of animal i's fact answers;
-* four neurons per attribute question (yes, yes-cap, no, no-cap): clamp(+-S u_j . x, 0, 1), gated by the
-  question's code; the size question also reads the modifier channel (a shift of modifier_shift stds);
+* two neurons per attribute question (yes, no): ReLU(+-S u_j . x), gated by the question's code, with S set so a
+  value at the question's margin gives one vote: the answer's logit is *proportional to the attribute value* on
+  every input and at least one vote on every asked one, so the output pins the read direction u_j (the former
+  clamp to one vote was saturated on every asked input and left it free: decompositions read tilted directions,
+  docs/results_log.md); the size question also reads the modifier channel (a shift of modifier_shift stds);
 * one neuron per fact, on when that fact is asked, voting for all of the fact's answers (selects the fact).
 
 The unembedding reads orthonormal answer directions, so each vote adds `planted_logit_scale` to one logit.
@@ -83,22 +86,22 @@ def _mlp(model: nn.Module, world: World, scale: float, answers: Float[Tensor, "n
     b[:n] = -sharp * (1.0 + nn_cos) / 2.0 - 2.0
     for i in range(n):
         O[:, i] = scale * answers[[fact_answer(f, int(world.fact_answers[i, f])) for f in range(cfg.n_facts)]].sum(0)
-    # attribute questions: clamp(+-S value, 0, 1) as ReLU(z) - ReLU(z - 1), gated shut by -G off-question
+    # attribute questions: ReLU(+-S value), one vote at the margin, linear beyond it
     for q, j in enumerate(cfg.asked_attributes):
         sigma = float(world.attribute_scale[j])
+        shift = cfg.modifier_shift * sigma if j == cfg.size_attribute else 0.0
         S = 1.0 / max(cfg.attribute_margin * sigma, 1e-3 * sigma)
         reads = world.attribute_directions[j].clone()
         if j == cfg.size_attribute:
-            reads += cfg.modifier_shift * sigma * C[0]  # 'tiny'/'huge' shift the size the reader sees
-        gate = S * (1.0 + cfg.modifier_shift * sigma) + 2.0
-        for sign, answer, base in ((1.0, 1, n + 4 * q), (-1.0, 0, n + 4 * q + 2)):
-            for cap, unit in ((0.0, base), (1.0, base + 1)):
-                W[unit] = sign * S * reads + gate * C[2 + q]
-                b[unit] = -gate - cap
-                O[:, unit] = (1.0 if cap == 0.0 else -1.0) * scale * answers[answer]
+            reads += shift * C[0]  # 'tiny'/'huge' shift the size the reader sees
+        gate = S * (1.0 + shift) + 2.0  # |u_j . x| <= 1: shut off-question
+        for sign, answer, unit in ((1.0, 1, n + 2 * q), (-1.0, 0, n + 2 * q + 1)):
+            W[unit] = sign * S * reads + gate * C[2 + q]
+            b[unit] = -gate
+            O[:, unit] = scale * answers[answer]
     # fact selectors: on (exactly 1) when fact f is asked, voting for all of its answers
     for f in range(cfg.n_facts):
-        unit = n + 4 * n_attr_q + f
+        unit = n + 2 * n_attr_q + f
         W[unit] = C[2 + n_attr_q + f]
         O[:, unit] = scale * answers[[fact_answer(f, k) for k in range(K)]].sum(0)
     assert unit + 1 == planted_width(world)
