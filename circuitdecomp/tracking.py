@@ -70,13 +70,28 @@ class WandbLogger:
             project=cfg.project, entity=cfg.entity, dir=str(out_dir), mode=cfg.mode.value,
             config=config, name=name, reinit="finish_previous",
         )
+        self._stages: set[str] = set()  # metric prefixes whose step axis is defined
         log.info("wandb %s run in %s", cfg.mode.value, self.run.dir)
 
     def log(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.run.log(dict(metrics), step=step)
+        self.run.log(self._with_steps(dict(metrics), step))
 
     def log_figure(self, key: str, fig: Any, step: int | None = None) -> None:
-        self.run.log({key: self._wandb.Image(fig)}, step=step)
+        self.run.log(self._with_steps({key: self._wandb.Image(fig)}, step))
+
+    def _with_steps(self, row: dict[str, Any], step: int | None) -> dict[str, Any]:
+        """Each stage's step as `<stage>/step`, its metrics' x-axis. (wandb's own step must only grow, and every
+        stage counts from 0: passing `step=` dropped the decomposition's curves after target training.)"""
+        if step is None:
+            return row
+        for stage in sorted({k.split("/")[0] for k in row}):
+            axis = f"{stage}/step"
+            if stage not in self._stages:
+                self.run.define_metric(axis)
+                self.run.define_metric(f"{stage}/*", step_metric=axis)
+                self._stages.add(stage)
+            row[axis] = step
+        return row
 
     def log_artifact(self, path: Path, name: str, kind: str) -> None:
         art = self._wandb.Artifact(name, type=kind)
