@@ -29,15 +29,24 @@ log = logging.getLogger(__name__)
 DECOMPOSITION_FILE = "decomposition.safetensors"
 
 
-def readout(out: Tensor) -> Float[Tensor, "batch d_vocab"]:
-    """The logits SPD must reproduce: the read-out (last) position only; other positions answer nothing."""
-    return out[:, -1]
+class AnswerLogits:
+    """The outputs SPD must reproduce: the answer tokens' logits at the read-out (last) position.
+
+    Other positions answer nothing, and no question's answer is a non-answer token: their logits are not the
+    model's behaviour on this data (reproducing them made every unembedding row causally important on every input).
+    """
+
+    def __init__(self, answers_start: int):
+        self.answers_start = answers_start
+
+    def __call__(self, out: Float[Tensor, "batch seq d_vocab"]) -> Float[Tensor, "batch n_answers"]:
+        return out[:, -1, self.answers_start:]
 
 
-def component_model(model: nn.Module, cfg: Config) -> ComponentModel:
+def component_model(model: nn.Module, cfg: Config, world: World) -> ComponentModel:
     """The target wrapped for SPD, components initialised from the decomposition seed."""
     torch.manual_seed(decomposition_seed(cfg))
-    return ComponentModel(model, cfg.decomposition, output_fn=readout)
+    return ComponentModel(model, cfg.decomposition, output_fn=AnswerLogits(world.vocab.answers_start))
 
 
 def decomposition_seed(cfg: Config) -> int:
@@ -64,19 +73,20 @@ def rounded_ci_masks(cm: ComponentModel, delta: bool) -> dict[str, MaskInfo]:
 @torch.no_grad()
 def faithfulness_metrics(cm: ComponentModel, examples: Examples) -> Metrics:
     """Accuracy of the masked model (rounded CI) relative to the target's, with and without the delta component."""
+    answer = examples.answer - cm.output_fn.answers_start  # outputs are answer logits (AnswerLogits)
     target = cm.run_target(examples.tokens)
-    target_acc = (target.argmax(-1) == examples.answer).float().mean().item()
+    target_acc = (target.argmax(-1) == answer).float().mean().item()
     out: Metrics = {}
     for delta in (False, True):
         cm.run_target(examples.tokens)
         masked = cm(examples.tokens, rounded_ci_masks(cm, delta))
-        acc = (masked.argmax(-1) == examples.answer).float().mean().item()
+        acc = (masked.argmax(-1) == answer).float().mean().item()
         name = "with_delta" if delta else "components"
         out[f"decomp/faithfulness/{name}/accuracy"] = acc
         out[f"decomp/faithfulness/{name}/relative_accuracy"] = acc / max(target_acc, 1e-12)
         out[f"decomp/faithfulness/{name}/agreement"] = (masked.argmax(-1) == target.argmax(-1)).float().mean().item()
         if not delta:  # where the components fall short, by question type
-            right = masked.argmax(-1) == examples.answer
+            right = masked.argmax(-1) == answer
             for q in QuestionType:
                 rows = examples.qtype == int(q)
                 if rows.any():
@@ -144,7 +154,7 @@ def decompose_target(cfg: Config, world: World, model: nn.Module, out_dir: Path,
     out_dir = Path(out_dir)
     d = cfg.decomposition
     seed = decomposition_seed(cfg)
-    cm = component_model(model, cfg)
+    cm = component_model(model, cfg, world)
     mix = cfg.target.question_mix if isinstance(cfg.target, TransformerTargetConfig) else {q.name: 1.0 for q in QuestionType}
     sampler = Sampler(world.examples, mix, seed)
     held = held_out_batch(world, cfg.evaluation.n_inputs, cfg.seed + 11)
