@@ -141,8 +141,8 @@ def ci_question_figure(by_q: dict[str, Tensor], live: dict[str, Tensor], title: 
         order = np.lexsort((-sub.max(0).values.numpy(), sub.argmax(0).numpy()))
         ax.imshow(sub[:, order].numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
         ax.set_yticks(range(len(QuestionType)), [q.name for q in QuestionType], fontsize=7)
-        ax.set_title(f"{path}: {idx.numel()} live components (mean CI per question type at the read-out, "
-                     "each column scaled to its maximum)", fontsize=9)
+        ax.set_title(f"{path}: {idx.numel()} live components (mean CI per question type, largest over "
+                     "masked positions; each column scaled to its maximum)", fontsize=9)
         ax.set_xticks([])
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
