@@ -16,7 +16,9 @@ log = logging.getLogger(__name__)
 
 
 def _target_done(run_dir: Path) -> bool:
-    return (run_dir / "target.safetensors").exists() and "target/accuracy/min" in load_metrics(run_dir)
+    """The target stage finished here: its weights and its checked accuracy (a copied-in target file alone is redone)."""
+    return ((run_dir / "target.safetensors").exists() and (run_dir / "metrics.json").exists()
+            and "target/accuracy/min" in load_metrics(run_dir))
 
 
 def run_pipeline(cfg: Config, run_dir: Path, logger: Logger) -> Metrics:
