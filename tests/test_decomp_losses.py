@@ -63,6 +63,30 @@ def test_leaky_hard_sigmoids():
     assert torch.allclose(upper_leaky_hard_sigmoid(torch.tensor([-1.0, 0.5, 3.0]), 0.01), torch.tensor([0.0, 0.5, 1.02]))
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_fused_ci_matches_mlp_then_hard_sigmoids(compiled):
+    """The one-kernel CI (forward and hand-written backward) against the plain MLP followed by the two sigmoids."""
+    from circuitdecomp.decomp.ci import PerComponentMLP, hard_sigmoids
+
+    fn = PerComponentMLP(C=6, hidden=[16], compile=compiled)
+    with torch.no_grad():
+        fn.biases[1][:, 0] = torch.tensor([-3.0, 0.0, 0.5, 1.0, 2.0, 4.0])  # pre-activations below, inside and above [0, 1]
+    acts = torch.randn(4, 5, 6, requires_grad=True)  # [batch, pos, C]
+    grad_lower, grad_upper = torch.randn(4, 5, 6), torch.randn(4, 5, 6)  # both signs: the lower leak depends on it
+    params = [acts, *fn.parameters()]
+
+    def values_and_grads(lower, upper):
+        grads = torch.autograd.grad((lower * grad_lower + upper * grad_upper).sum(), params)
+        return [lower, upper, *grads]
+
+    fused = values_and_grads(*fn.importance(acts, None, 0.01))
+    reference = values_and_grads(*hard_sigmoids(fn(acts), 0.01))
+    # the fused kernel's erf is ATen's vectorised approximation (|error| < 3e-7), the reference's is exact
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(fused, reference))
+    with torch.no_grad():  # the no-grad path (evaluation) gives the same values
+        assert all(torch.allclose(a, b) for a, b in zip(fn.importance(acts, None, 0.01), fused[:2]))
+
+
 def test_masks_lie_between_ci_and_one():
     g = {"a": torch.tensor([[0.0, 0.3, 1.0]]).expand(1000, 3)}
     gen = torch.Generator().manual_seed(0)

@@ -1,5 +1,8 @@
 """Causal-importance functions and the leaky hard sigmoids that bound them to [0, 1]."""
 
+import inspect
+import math
+import typing
 from typing import Any
 
 import einops
@@ -36,23 +39,90 @@ def upper_leaky_hard_sigmoid(x: Tensor, alpha: float) -> Tensor:
     return torch.where(x > 1, 1 + alpha * (x - 1), x.clamp(0.0, 1.0))
 
 
+def hard_sigmoids(pre: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
+    """(lower, upper) leaky hard sigmoids of CI pre-activations."""
+    return lower_leaky_hard_sigmoid(pre, alpha), upper_leaky_hard_sigmoid(pre, alpha)
+
+
 def _kaiming(shape: tuple[int, ...], fan_in: int, gain: float) -> Tensor:
     return torch.randn(shape) * (gain / fan_in**0.5)
 
 
-def _one_hidden_layer(acts: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
-    """The paper's 1 -> H -> 1 MLP per component, written as broadcasts so one fused kernel can compute it."""
-    return (F.gelu(acts.unsqueeze(-1) * w1 + b1) * w2).sum(-1) + b2
+_SQRT_HALF = 0.5**0.5
+_INV_SQRT_2PI = (2 * math.pi) ** -0.5
+_AS_P, _AS_A = 0.3275911, (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592)
+
+
+@typing.no_type_check  # called inside compiled code: pytest's runtime shape checks would add a guard per call
+def _normal_cdf_pdf(z: Tensor) -> tuple[Tensor, Tensor]:
+    """Phi(z) and phi(z) with one exp: erf by Abramowitz & Stegun 7.1.26 (|error| < 3e-7 on Phi).
+
+    ATen's vectorised CPU erf is this same formula; written out, the compiler shares its exp(-z^2 / 2) with phi,
+    which makes the CI forward + backward ~20% faster on CPU.
+    """
+    x = z * _SQRT_HALF
+    t = 1 / (_AS_P * x.abs() + 1)
+    poly = _AS_A[0]
+    for a in _AS_A[1:]:
+        poly = poly * t + a
+    e = torch.exp(-x * x)
+    erf_abs = 1 - poly * t * e
+    return 0.5 * (1 + torch.where(x < 0, -erf_abs, erf_abs)), e * _INV_SQRT_2PI
+
+
+# Shapes: acts [n, C]; w1, b1, w2 [C, H]; b2 [C]; every [n, C] output like acts. (Plain `Tensor` hints: these two
+# are compiled, and they are only called from this module.)
+def _ci_forward(acts: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, alpha: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The paper's 1 -> H -> 1 GELU MLP per component and both hard sigmoids: (lower, upper, pre-activation)."""
+    z = acts.unsqueeze(-1) * w1 + b1
+    pre = (z * _normal_cdf_pdf(z)[0] * w2).sum(-1) + b2
+    lower = pre.clamp(0.0, 1.0)
+    return lower, torch.where(pre > 1, 1 + alpha * (pre - 1), lower), pre
+
+
+def _ci_backward(grad_lower: Tensor, grad_upper: Tensor, acts: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, pre: Tensor,
+                 alpha: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of `_ci_forward` wrt (acts, w1, b1, w2, b2), hidden layer recomputed; same rules as the hard sigmoids."""
+    z = acts.unsqueeze(-1) * w1 + b1
+    cdf, pdf = _normal_cdf_pdf(z)
+    below = torch.where(grad_lower < 0, alpha * grad_lower, 0.0)  # lower: leaks below 0 only when pushed up
+    grad_pre = (torch.where(pre <= 0, below, torch.where(pre <= 1, grad_lower, 0.0))
+                + torch.where(pre > 1, alpha * grad_upper, torch.where(pre >= 0, grad_upper, 0.0)))
+    grad_z = grad_pre.unsqueeze(-1) * w2 * (cdf + z * pdf)  # GELU' = Phi + z phi
+    return ((grad_z * w1).sum(-1), (grad_z * acts.unsqueeze(-1)).sum(0), grad_z.sum(0),
+            (grad_pre.unsqueeze(-1) * (z * cdf)).sum(0), grad_pre.sum(0))
 
 
 _compiled: dict[str, Any] = {}
 
 
-def _fused_one_hidden_layer() -> Any:
-    """torch.compile'd twin of `_one_hidden_layer`: 2.4x faster forward+backward on CPU (B=4096, C=20, H=16)."""
-    if "fn" not in _compiled:
-        _compiled["fn"] = torch.compile(_one_hidden_layer, dynamic=False)
-    return _compiled["fn"]
+def _kernels(compile: bool) -> tuple[Any, Any]:
+    """`_ci_forward` and `_ci_backward`, torch.compile'd into one fused kernel each when `compile`."""
+    if not compile:
+        return _ci_forward, _ci_backward
+    if not _compiled:  # the undecorated functions: pytest's runtime type checks wrap every function in one shared
+        # wrapper, and torch.compile, which caches by code object, would mix the two up
+        _compiled["forward"] = torch.compile(inspect.unwrap(_ci_forward), dynamic=False)
+        _compiled["backward"] = torch.compile(inspect.unwrap(_ci_backward), dynamic=False)
+    return _compiled["forward"], _compiled["backward"]
+
+
+class _FusedCI(torch.autograd.Function):
+    """MLP and hard sigmoids in one forward and one backward kernel; saves no [n, C, H] activations (recomputed)."""
+
+    @staticmethod
+    def forward(ctx: Any, acts: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, alpha: float,
+                compile: bool) -> tuple[Tensor, Tensor]:
+        # detached, the compiled kernel sees the same inputs as on the no-grad path: one compilation per shape, not two
+        acts, w1, b1, w2, b2 = (t.detach() for t in (acts, w1, b1, w2, b2))
+        lower, upper, pre = _kernels(compile)[0](acts, w1, b1, w2, b2, alpha)
+        ctx.save_for_backward(acts, w1, b1, w2, pre)
+        ctx.alpha, ctx.compile = alpha, compile
+        return lower, upper
+
+    @staticmethod
+    def backward(ctx: Any, grad_lower: Tensor, grad_upper: Tensor) -> tuple[Tensor | None, ...]:
+        return (*_kernels(ctx.compile)[1](grad_lower, grad_upper, *ctx.saved_tensors, ctx.alpha), None, None)
 
 
 class PerComponentMLP(nn.Module):
@@ -106,14 +176,23 @@ class PerComponentMLP(nn.Module):
         self.weights[1].zero_()
 
     def forward(self, acts: Float[Tensor, "*batch C"], x: Tensor | None = None) -> Float[Tensor, "*batch C"]:
-        if len(self.weights) == 2:
-            fn = _fused_one_hidden_layer() if self.compile else _one_hidden_layer
-            return fn(acts, self.weights[0][:, 0], self.biases[0], self.weights[1][:, :, 0], self.biases[1][:, 0])
         # First layer has fan-in 1: a broadcast multiply is much cheaper than a batched matmul.
         h = acts.unsqueeze(-1) * self.weights[0][:, 0] + self.biases[0]
         for W, b in zip(self.weights[1:], self.biases[1:]):
             h = einops.einsum(F.gelu(h), W, "... C d_in, C d_in d_out -> ... C d_out") + b
         return h.squeeze(-1)
+
+    def importance(self, acts: Float[Tensor, "*batch C"], x: Tensor | None, leak: float) -> tuple[Tensor, Tensor]:
+        """(lower, upper) CI; with one hidden layer (the paper's) one fused kernel each way (1.3-1.4x faster on CPU)."""
+        if len(self.weights) != 2:
+            return hard_sigmoids(self(acts, x), leak)
+        params = (self.weights[0][:, 0], self.biases[0], self.weights[1][:, :, 0], self.biases[1][:, 0])
+        flat = acts.reshape(-1, acts.shape[-1])
+        if torch.is_grad_enabled() and (acts.requires_grad or any(p.requires_grad for p in params)):
+            lower, upper = _FusedCI.apply(flat, *params, leak, self.compile)
+        else:  # detached like inside _FusedCI, so that both paths share one compiled kernel
+            lower, upper, _ = _kernels(self.compile)[0](flat.detach(), *(p.detach() for p in params), leak)
+        return lower.reshape(acts.shape), upper.reshape(acts.shape)
 
 
 class SharedMLP(nn.Module):
@@ -138,3 +217,7 @@ class SharedMLP(nn.Module):
 
     def forward(self, acts: Float[Tensor, "*batch C"], x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch C"]:
         return self.net(x)
+
+    def importance(self, acts: Float[Tensor, "*batch C"], x: Float[Tensor, "*batch d_in"], leak: float) -> tuple[Tensor, Tensor]:
+        """(lower, upper) CI."""
+        return hard_sigmoids(self(acts, x), leak)

@@ -173,7 +173,7 @@ class DecomposedModule(nn.Module):
         else:
             dm = info.delta_mask.unsqueeze(-1)
             y_nob = y if b is None else y - b
-            out = (acts * (info.mask - dm)) @ self.U + dm * y_nob
+            out = torch.addcmul((acts * (info.mask - dm)) @ self.U, dm, y_nob)  # one pass over [.., d_out], not two
             out = out if b is None else out + b
         if info.route is not None:
             out = torch.where(info.route.unsqueeze(-1), out, y)

@@ -10,7 +10,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from circuitdecomp.decomp.adapters import WeightKind, find_slots, insert_identity, match_slots, weight_matrix
-from circuitdecomp.decomp.ci import PerComponentMLP, SharedMLP, lower_leaky_hard_sigmoid, upper_leaky_hard_sigmoid
+from circuitdecomp.decomp.ci import PerComponentMLP, SharedMLP
 from circuitdecomp.decomp.components import DecomposedModule, MaskInfo, PassState
 from circuitdecomp.decomp.config import CIFnType, DecompositionConfig, InitKind, ModuleSpec
 
@@ -150,9 +150,7 @@ class ComponentModel(nn.Module):
             acts = comp.cached_acts(key)
             x = comp.selected_input(key)
             ci_in = acts if comp.kind is WeightKind.embedding else x
-            pre = self.ci_fns[_key(path)](acts, ci_in)
-            lower[path] = lower_leaky_hard_sigmoid(pre, self.leak)
-            upper[path] = upper_leaky_hard_sigmoid(pre, self.leak)
+            lower[path], upper[path] = self.ci_fns[_key(path)].importance(acts, ci_in, self.leak)
         return CausalImportance(lower, upper)
 
     def weight_deltas(self) -> dict[str, Float[Tensor, "d_out d_in"]]:

@@ -66,31 +66,43 @@ def _matching(paths: list[str], pattern: str) -> list[str]:
     return [p for p in paths if fnmatch.fnmatchcase(p, pattern)]
 
 
-def evaluate_toy(cm: ComponentModel, n_features: int, cfg: EvaluationConfig, data: Tensor, ci_threshold: float) -> Metrics:
-    """`decomp/...` metrics: MMCS/ML2R, target-solution error, live components and CI-L0 per module."""
+def evaluate_toy(cm: ComponentModel, n_features: int, cfg: EvaluationConfig, data: Tensor, ci_threshold: float,
+                 embedding: Float[Tensor, "n_features d"] | None = None) -> Metrics:
+    """`decomp/...` metrics: MMCS/ML2R, target-solution error, live components and CI-L0 per module.
+
+    `embedding`: how features enter the stream that matrices of width d read (resid_mlp's W_E); such matrices are
+    compared in feature space, W @ embedding^T against U_c (embedding @ V_c).
+    """
     metrics: Metrics = {}
     ci_hot = one_hot_ci(cm, n_features, cfg.one_hot_magnitude)
     with torch.no_grad():
         cm.run_target(data)
         ci_data = {p: g.detach() for p, g in cm.causal_importance().lower.items()}
-    error = 0
+    errors: dict[str, int] = {}
     mm, ml = [], []
     for pattern in cfg.identity_ci:
         for path in _matching(cm.paths, pattern):
             comp = cm.component(path)
-            error += identity_error(ci_hot[path], cfg.tolerance)
+            errors[path] = errors.get(path, 0) + identity_error(ci_hot[path], cfg.tolerance)
             W, V, U = comp.target_weight().detach(), comp.V.detach(), comp.U.detach()
-            # Compare along the feature axis: columns of W when it reads features, rows when it writes them.
-            match = column_match(V, U, W) if comp.d_in == n_features else column_match(U.T, V.T, W.T)
+            # Compare along the feature axis: columns of W when it reads features (directly or through the embedding),
+            # rows when it writes them.
+            if comp.d_in == n_features:
+                match = column_match(V, U, W)
+            elif embedding is not None and comp.d_in == embedding.shape[1]:
+                match = column_match(embedding @ V, U, W @ embedding.T)
+            else:
+                match = column_match(U.T, V.T, W.T)
             metrics[f"decomp/mmcs/{path}"], metrics[f"decomp/ml2r/{path}"] = match.mmcs, match.ml2r
             mm.append(match.mmcs)
             ml.append(match.ml2r)
     for spec in cfg.dense_ci:
         for path in _matching(cm.paths, spec.pattern):
-            error += dense_error(ci_hot[path], spec.k, cfg.tolerance)
+            errors[path] = errors.get(path, 0) + dense_error(ci_hot[path], spec.k, cfg.tolerance)
     if mm:  # headline = the paper's definition: the first module (TMS: W = linear1); per-module keys have all
         metrics["decomp/mmcs"], metrics["decomp/ml2r"] = mm[0], ml[0]
-    metrics["decomp/target_solution_error"] = error
+    metrics["decomp/target_solution_error"] = sum(errors.values())
+    metrics.update({f"decomp/target_solution_error/{path}": e for path, e in errors.items()})
     for path in cm.paths:
         comp = cm.component(path)
         norms = (comp.U.norm(dim=1) * comp.V.norm(dim=0)).detach()

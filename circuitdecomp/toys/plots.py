@@ -8,13 +8,19 @@ import torch
 from matplotlib.figure import Figure
 
 
-def ci_heatmap(ci: dict[str, torch.Tensor], title: str = "") -> Figure:
-    """One panel per module: rows = single active input feature, columns = components (most used first)."""
-    fig, axes = plt.subplots(1, len(ci), figsize=(4 * len(ci), 3.2), squeeze=False)
+def ci_heatmap(ci: dict[str, torch.Tensor], title: str = "", live_threshold: float = 0.1) -> Figure:
+    """One panel per module: rows = single active input feature, columns = components (live ones first)."""
+    fig, axes = plt.subplots(1, len(ci), figsize=(4 * len(ci), 3.4), squeeze=False, layout="constrained")
     for ax, (path, g) in zip(axes[0], ci.items()):
         g = g.flatten(0, -2).float()
-        g = g[:, g.sum(0).argsort(descending=True)]
-        g = g[:, : max(1, int((g.max(0).values > 0.01).sum()) + 2)]  # drop the always-off tail
+        peak = g.max(0).values
+        live = (peak > live_threshold).nonzero().flatten()
+        rest = (peak <= live_threshold).nonzero().flatten()
+        # live components by the feature that turns them on most (one component per feature shows as a diagonal),
+        # then the rest, most used first
+        order = torch.cat([live[torch.sort(g[:, live].argmax(0), stable=True).indices],
+                           rest[g[:, rest].sum(0).argsort(descending=True)]])
+        g = g[:, order][:, : max(1, int((peak > 0.01).sum()) + 2)]  # drop the always-off tail
         im = ax.imshow(g.numpy(), aspect="auto", cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
         ax.set(title=path, xlabel="component (sorted)", ylabel="active input feature")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="causal importance")

@@ -31,6 +31,7 @@ class Toy:
     feature_prob: float
     value_low: float
     metrics: Metrics
+    embedding: torch.Tensor | None = None  # [n_features, d]: how features enter the stream decomposed matrices read
 
 
 def build_toy(cfg: Config, out_dir: Path) -> Toy:
@@ -40,7 +41,7 @@ def build_toy(cfg: Config, out_dir: Path) -> Toy:
     match t:
         case TMSConfig():
             model = tms.TMS(t.n_features, t.n_hidden)
-            low, metrics = 0.0, {}
+            low, metrics, embedding = 0.0, {}, None
             if not path.exists():
                 trained, used_seed = tms.train_checked_tms(t, cfg.seed)
                 save_tensors(path, trained.state_dict(), {"seed": str(used_seed)})
@@ -52,14 +53,14 @@ def build_toy(cfg: Config, out_dir: Path) -> Toy:
                                    "delete it to retrain, or raise target.max_attempts")
         case ResidMLPConfig():
             model = resid_mlp.ResidMLP(t, cfg.seed)
-            low = -1.0
+            low, embedding = -1.0, model.W_E
             if not path.exists():
                 save_tensors(path, resid_mlp.train_resid_mlp(t, cfg.seed).state_dict())
             load_module_state(model, path)
             metrics = resid_mlp.resid_mlp_quality(model, t, cfg.seed)
         case _:
             raise ConfigError(f"target.kind={t.kind.value} is not a toy; toys are tms and resid_mlp (experiment=tms_5-2, ...)")
-    return Toy(model, t.n_features, t.feature_prob, low, metrics)
+    return Toy(model, t.n_features, t.feature_prob, low, metrics, embedding)
 
 
 def decompose_toy(cfg: Config, out_dir: Path, logger: Logger) -> Metrics:
@@ -80,7 +81,8 @@ def decompose_toy(cfg: Config, out_dir: Path, logger: Logger) -> Metrics:
         fig = ci_heatmap(one_hot_ci(model, toy.n_features, cfg.evaluation.one_hot_magnitude), f"{cfg.name}: step {step}")
         logger.log_figure("decomp/ci_one_hot", fig, step=step)
         close_figure(fig)
-        return evaluate_toy(model, toy.n_features, cfg.evaluation, eval_data, cfg.decomposition.ci_alive_threshold)
+        return evaluate_toy(model, toy.n_features, cfg.evaluation, eval_data, cfg.decomposition.ci_alive_threshold,
+                            toy.embedding)
 
     result = train_decomposition(cm, sample, cfg.decomposition, seed, out_dir, logger, eval_fn, cfg.tracking.log_every)
     metrics = eval_fn(cm, cfg.decomposition.steps)
