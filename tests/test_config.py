@@ -60,6 +60,10 @@ def test_bad_values_name_the_key():
         load_config(_compose(["decomposition.lr=-1"]))
     with pytest.raises(Exception, match="n_attributes"):
         load_config(_compose(["world.n_attributes=500", "world.d_model=64"]))
+    with pytest.raises(Exception, match="decompose_mix"):
+        load_config(_compose(["decompose_mix.fact=-1"]))
+    with pytest.raises(Exception, match="colour"):
+        load_config(_compose(["+decompose_mix.colour=1"]))
 
 
 @pytest.mark.parametrize("override,key", [("+nonsense=1", "nonsense"), ("world.typo=3", "typo")])

@@ -18,7 +18,6 @@ from circuitdecomp.decomp.components import MaskInfo
 from circuitdecomp.decomp.model import ComponentModel
 from circuitdecomp.decomp.train import ci_l0, train_decomposition
 from circuitdecomp.runio import Metrics, load_tensors, save_figure, save_tensors, update_metrics
-from circuitdecomp.target.config import TransformerTargetConfig
 from circuitdecomp.tracking import Logger
 from circuitdecomp.world.questions import Examples
 from circuitdecomp.world.sampler import Sampler
@@ -155,7 +154,7 @@ def decompose_target(cfg: Config, world: World, model: nn.Module, out_dir: Path,
     d = cfg.decomposition
     seed = decomposition_seed(cfg)
     cm = component_model(model, cfg, world)
-    mix = cfg.target.question_mix if isinstance(cfg.target, TransformerTargetConfig) else {q.name: 1.0 for q in QuestionType}
+    mix = dict(cfg.decompose_mix)
     sampler = Sampler(world.examples, mix, seed)
     held = held_out_batch(world, cfg.evaluation.n_inputs, cfg.seed + 11)
     path = out_dir / DECOMPOSITION_FILE

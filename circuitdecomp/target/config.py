@@ -74,7 +74,7 @@ class ResidMLPConfig(TargetConfig):
 QUESTION_TYPES = [q.name for q in QuestionType]
 
 
-def _default_mix() -> dict[str, float]:
+def default_question_mix() -> dict[str, float]:
     # facts are ~10% of all inputs but need memorising per animal: sample them a quarter of the time
     return {"attribute": 0.45, "size_animal": 0.15, "size_house": 0.1, "size_economy": 0.05, "fact": 0.25}
 
@@ -107,7 +107,7 @@ class TransformerTargetConfig(TargetConfig):
     lookup_gate_l1: float = 0.03  # L1 on template units' activations on other questions: look-ups stay off there
     attribute_l1: float = 0.0  # L1 on the other units' activations on other questions: fewer units per attribute question
     init_bias: float = 0.0  # initial MLP input bias of the non-template units
-    question_mix: dict[str, float] = field(default_factory=_default_mix)
+    question_mix: dict[str, float] = field(default_factory=default_question_mix)
     eval_every: int = 500  # held-out accuracy during training (0: only at the end)
     planted_logit_scale: float = 10.0  # planted: logit of one vote; margins are this minus < 2.5 of interference
     lookup_active_fraction: float = 0.1  # a unit serves an animal if it reaches this fraction of its peak activation
