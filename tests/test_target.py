@@ -151,6 +151,26 @@ def test_readout_forward_matches_the_full_forward(world, planted):
         assert h.shape == (300, model.blocks[0].mlp.get_submodule("in").weight.shape[0])
 
 
+def test_decomposition_view_gives_the_answer_logits_of_the_full_forward_and_leaves_the_target_alone(world, planted):
+    from circuitdecomp.pipeline.decompose import decomposition_view
+    from circuitdecomp.target.model import build_model
+
+    trained = build_model(world, TransformerTargetConfig(), seed=0)
+    with torch.no_grad():
+        for p in trained.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    tokens = world.examples.tokens[:200]
+    start = world.vocab.answers_start
+    for model in (trained, planted):
+        full = model(tokens)
+        view = decomposition_view(model, start)
+        cut = view(tokens)
+        assert cut.shape == (200, 1, full.shape[-1] - start)  # read-out position, answer logits
+        torch.testing.assert_close(cut[:, -1], full[:, -1, start:], atol=1e-5, rtol=1e-5)
+        assert torch.equal(model(tokens), full)  # the target itself is untouched
+
+
 def test_init_templates_detect_one_animal_each_and_question_information_is_strong(world):
     from circuitdecomp.target.circuits import served_animals, unit_table
     from circuitdecomp.target.model import build_model

@@ -105,6 +105,9 @@ class DecompositionConfig(Frozen):
     layerwise_recon_coeff: float = 1.0
     subset_recon_coeff: float = 0.0
     importance_coeff: float = 3e-3
+    # Minimality ramps up linearly over this fraction of the steps: rare circuits (inputs seen once every few steps)
+    # get their CI functions from reconstruction before sparsity can switch them off (docs/results_log.md).
+    importance_warmup_frac: float = 0.0
     pnorm: float = 1.0
     pnorm_final: float | None = None  # anneal p linearly to this value
     pnorm_anneal_start: float = 0.0  # fraction of training
@@ -132,6 +135,8 @@ class DecompositionConfig(Frozen):
         check(self.batch_size >= 1, f"decomposition.batch_size={self.batch_size} must be >= 1")
         check(self.lr > 0, f"decomposition.lr={self.lr} must be > 0")
         check(math.isfinite(self.lr), f"decomposition.lr={self.lr} must be finite")
+        check(0 <= self.importance_warmup_frac <= 1,
+              f"decomposition.importance_warmup_frac={self.importance_warmup_frac} must be in [0, 1]")
         check(0 <= self.lr_warmup_frac <= 1, f"decomposition.lr_warmup_frac={self.lr_warmup_frac} must be in [0, 1]")
         check(self.warmup_steps >= 0, f"decomposition.warmup_steps={self.warmup_steps} must be >= 0")
         check(self.ci_lr_scale > 0, f"decomposition.ci_lr_scale={self.ci_lr_scale} must be > 0")

@@ -92,7 +92,7 @@ def spd_losses(cm: ComponentModel, batch: Any, cfg: DecompositionConfig, frac: f
     terms["importance_minimality"] = L.importance_minimality_loss(ci.upper, p, cfg.importance_eps, cfg.importance_beta)
     coeffs = {"faithfulness": cfg.faithfulness_coeff, "stochastic_recon": cfg.stochastic_recon_coeff,
               "layerwise_recon": cfg.layerwise_recon_coeff, "subset_recon": cfg.subset_recon_coeff,
-              "importance_minimality": cfg.importance_coeff}
+              "importance_minimality": cfg.importance_coeff * min(1.0, frac / cfg.importance_warmup_frac if cfg.importance_warmup_frac else 1.0)}
     total = sum(coeffs[k] * v for k, v in terms.items())
     return total, terms, ci
 

@@ -7,7 +7,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from circuitdecomp.target.model import readout_logits
-from circuitdecomp.world.vocab import READOUT_POS, Modifier
+from circuitdecomp.world.vocab import Modifier
 from circuitdecomp.world.world import World
 
 ALIVE = 0.05  # a unit is alive on a question family if its peak reaches this share of the strongest unit's peak
@@ -18,7 +18,7 @@ ANIMAL_DEPENDENT = 0.5  # ... and a look-up unit if its activation across animal
 def mlp_readout(model: nn.Module, tokens: Int[Tensor, "batch 3"], layer: int = 0) -> Float[Tensor, "batch d_mlp"]:
     """MLP activations (after the ReLU) of one layer at the read-out position."""
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == f"blocks.{layer}.mlp.hook_post")
-    return cache[f"blocks.{layer}.mlp.hook_post"][:, READOUT_POS]
+    return cache[f"blocks.{layer}.mlp.hook_post"][:, -1]  # the read-out is last (also under decompose.readout_only)
 
 
 def _tokens(world: World, question_tokens: list[int]) -> Int[Tensor, "q n_animals 3"]:
