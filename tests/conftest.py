@@ -18,3 +18,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def tiny_mlp() -> torch.nn.Module:
+    """The small two-layer target the decomposition loop tests share (fixed seed)."""
+    torch.manual_seed(3)
+    return torch.nn.Sequential(torch.nn.Linear(6, 4, bias=False), torch.nn.ReLU(), torch.nn.Linear(4, 6))
+
+
+def tiny_sparse_batch(gen: torch.Generator) -> torch.Tensor:
+    """32 sparse non-negative inputs for `tiny_mlp`."""
+    return torch.rand(32, 6, generator=gen) * (torch.rand(32, 6, generator=gen) < 0.2)

@@ -13,14 +13,10 @@ from circuitdecomp.decomp.model import ComponentModel
 from circuitdecomp.decomp.train import DivergenceError, train_decomposition
 from circuitdecomp.interrupt import Interrupted
 
-
-def _model() -> nn.Module:
-    torch.manual_seed(3)
-    return nn.Sequential(nn.Linear(6, 4, bias=False), nn.ReLU(), nn.Linear(4, 6))
+from conftest import tiny_mlp, tiny_sparse_batch
 
 
-def _sample(gen: torch.Generator) -> torch.Tensor:
-    return torch.rand(32, 6, generator=gen) * (torch.rand(32, 6, generator=gen) < 0.2)
+_model, _sample = tiny_mlp, tiny_sparse_batch
 
 
 def _cfg(**kw) -> DecompositionConfig:

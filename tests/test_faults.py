@@ -31,7 +31,7 @@ from circuitdecomp.runio import (BadRunFile, DiskFull, MissingRunFile, atomic_wr
 from circuitdecomp.world.config import WorldConfig
 from circuitdecomp.world.world import WORLD_FILE, load_world_tensors, make_world, save_world
 
-from conftest import REPO
+from conftest import REPO, tiny_mlp, tiny_sparse_batch
 
 # --------------------------------------------------------------------------------------------------- config
 
@@ -211,13 +211,7 @@ def test_corrupt_target_in_run_dir_is_one_line_exit_2(tmp_path):
 # ----------------------------------------------------------------------------------- decomposition checkpoints
 
 
-def _model() -> nn.Module:
-    torch.manual_seed(3)
-    return nn.Sequential(nn.Linear(6, 4, bias=False), nn.ReLU(), nn.Linear(4, 6))
-
-
-def _sample(gen: torch.Generator) -> torch.Tensor:
-    return torch.rand(32, 6, generator=gen) * (torch.rand(32, 6, generator=gen) < 0.2)
+_model, _sample = tiny_mlp, tiny_sparse_batch
 
 
 def _cfg(**kw) -> DecompositionConfig:
