@@ -45,9 +45,14 @@ def test_planted_components_give_both_families_with_true_coefficients() -> None:
     for fam in result.families:
         assert fam.full.directions.frac_cos99 == 1.0, fam.name
         assert fam.full.coefficients.recall == 1.0, fam.name
-    # look-ups are gated at their own animal's projection (1); attribute readers are dense
+    # look-ups are gated mid-way between their own animal's projection (1) and the nearest other input's; attribute
+    # readers are dense
     assert int(torch.isfinite(feats.thresholds).sum()) == v.shape[0]
-    assert torch.allclose(feats.thresholds[torch.isfinite(feats.thresholds)], torch.ones(v.shape[0]), atol=1e-5)
+    gated = torch.isfinite(feats.thresholds).nonzero().flatten()
+    for k in gated.tolist():
+        p = resid @ feats.directions[k]
+        own, rest = p[p > 0.999], p[p <= 0.999]
+        assert own.numel() > 0 and abs(float(feats.thresholds[k]) - (1 + float(rest.max())) / 2) < 1e-4
     merged = [p for p in feats.provenance if len(p["members"]) == 2]
     assert len(merged) == u.shape[0] and {m["module"] for p in merged for m in p["members"]} == {"mlp.in", "attn.q"}
 
@@ -90,7 +95,19 @@ def test_gate_threshold_separates_sparse_from_dense() -> None:
 
     p = torch.tensor([1.0, 0.9, 0.4, 0.3, -0.2, -0.5, 0.95, 0.1])
     lookup = torch.tensor([True, True, False, False, False, False, True, False])  # active exactly where p is high
-    assert abs(gate_threshold(p, lookup, 0.9) - 0.9) < 1e-6
+    assert abs(gate_threshold(p, lookup, 0.9) - 0.65) < 1e-6  # mid-gap between 0.9 (last active) and 0.4
     question = torch.tensor([True, False, True, False, True, False, True, False])  # active by question, not by p
     assert gate_threshold(p, question, 0.9) == float("-inf")
     assert gate_threshold(p, torch.zeros(8, dtype=torch.bool), 0.9) == float("-inf")
+
+
+def test_gate_threshold_never_cuts_inside_a_tie() -> None:
+    """One entity's inputs share a projection up to rounding: all of them are in, or all out."""
+    from circuitdecomp.features.extract import gate_threshold
+
+    own = 0.999 + 1e-7 * torch.randn(30)  # the animal's 30 inputs, 9 of them fact questions (active)
+    p = torch.cat([own, torch.rand(300) * 0.7])
+    active = torch.zeros(330, dtype=torch.bool)
+    active[:9] = True
+    tau = gate_threshold(p, active, 0.9)
+    assert bool((own >= tau).all()) and 0.7 < tau < 0.99

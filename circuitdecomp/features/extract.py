@@ -137,11 +137,21 @@ def gate_threshold(p: Float[Tensor, " n_inputs"], active: Tensor, min_accuracy: 
     if n_on == 0 or n_off == 0:
         return float("-inf")
     order = torch.argsort(p, descending=True)
+    ps = p[order]
     on_above = torch.cumsum(active[order].double(), 0)  # inputs with p >= p[order[k]]
     off_above = torch.arange(1, p.numel() + 1, dtype=torch.float64) - on_above
     accuracy = (on_above / n_on + 1 - off_above / n_off) / 2
+    # cut only between distinct projections: inputs of one entity share p up to rounding, and a cut inside such a
+    # tie gave the same animal's inputs different values (value 0 on a third of them: recall lost for nothing)
+    tol = 1e-4 * float(ps.abs().max().clamp_min(1e-12))
+    gap = ps[:-1] - ps[1:]
+    cut = torch.cat([gap > tol, torch.tensor([True])])
+    accuracy = torch.where(cut, accuracy, torch.tensor(-1.0, dtype=torch.float64))
     best = int(accuracy.argmax())
-    return float(p[order[best]]) if float(accuracy[best]) >= min_accuracy else float("-inf")
+    if float(accuracy[best]) < min_accuracy:
+        return float("-inf")
+    # the middle of the gap below the last included input: the widest margin on both sides
+    return float((ps[best] + ps[best + 1]) / 2) if best + 1 < ps.numel() else float(ps[best]) - tol
 
 
 def span_basis(vectors: Float[Tensor, "n d_model"], rel_tol: float = 1e-4) -> Float[Tensor, "k d_model"]:
