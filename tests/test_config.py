@@ -73,3 +73,14 @@ def test_script_rejects_unknown_key_in_one_line(override, key, tmp_path):
     assert proc.returncode != 0
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("Set the environment")]
     assert len(lines) == 1 and key in lines[0], proc.stderr
+
+
+def test_multirun_sweeps_into_the_default_sweep_dir(tmp_path):
+    """`-m` with the configured sweep dir (it once interpolated `${hydra:...}`, which Hydra cannot resolve there)."""
+    proc = subprocess.run([sys.executable, str(Path(REPO) / "scripts/decompose.py"), "-m", "experiment=tms_5-2",
+                           "decomposition.steps=2,3", "decomposition.restarts=1", "decomposition.warmup_steps=0",
+                           "decomposition.compile=false", "tracking.mode=disabled"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    jobs = sorted((tmp_path / "runs/multirun/decompose").glob("*_tms_5-2/*/metrics.json"))
+    assert [p.parent.name for p in jobs] == ["0", "1"]
