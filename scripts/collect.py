@@ -1,6 +1,6 @@
 """Collect every run's metrics.json under the given folders into one table (markdown on stdout, CSV and a plot to files).
 
-python scripts/collect.py runs/multirun/decompose/2026-11-25_02-53-10 --metrics 'decomp/mmcs' 'decomp/ml2r*' \
+python scripts/collect.py runs/multirun/decompose/2026-12-06_20-13-27_tms_5-2 --metrics 'decomp/mmcs' 'decomp/ml2r*' \
     --config decomposition.seed --csv sweep.csv --plot decomposition.seed sweep.png
 """
 
