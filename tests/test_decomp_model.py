@@ -174,3 +174,19 @@ def test_neuron_init_is_exact_and_one_component_per_unit():
     assert torch.allclose(fc1.V[:, :16].norm(dim=0), torch.ones(16))  # unit read directions
     assert torch.count_nonzero(fc1.U[:16, :16] - torch.diag(torch.diagonal(fc1.U[:16, :16]))) == 0
     assert torch.equal(cm.component("fc2").V[:16, :16], torch.eye(16))
+
+
+@pytest.mark.parametrize("side", ["inputs", "outputs"])
+def test_neuron_init_on_a_chosen_side_of_a_square_matrix(side):
+    """ModuleSpec.units picks the basis of a square matrix (an attention W_O starts in head coordinates)."""
+    from circuitdecomp.decomp.config import UnitSide
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 6, bias=False))
+    cfg = DecompositionConfig(modules=[ModuleSpec("0", 8, units=UnitSide(side))], init=InitKind.neurons, compile=False)
+    comp = ComponentModel(model, cfg).component("0")
+    assert torch.allclose(comp.component_weight(), comp.target_weight(), atol=1e-5)
+    if side == "inputs":  # component c reads input c
+        assert torch.equal(comp.V[:, :6], torch.eye(6))
+    else:  # component c writes output c
+        assert torch.count_nonzero(comp.U[:6, :6] - torch.diag(torch.diagonal(comp.U[:6, :6]))) == 0

@@ -8,6 +8,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from circuitdecomp.decomp.adapters import WeightKind, bias_of, weight_kind, weight_matrix
+from circuitdecomp.decomp.config import UnitSide
 
 
 @dataclass(frozen=True)
@@ -75,12 +76,12 @@ class DecomposedModule(nn.Module):
         return self._select_in(self._state[0].inputs[key])
 
     @torch.no_grad()
-    def reset_parameters(self, neurons: bool = False) -> None:
+    def reset_parameters(self, neurons: bool = False, side: UnitSide = UnitSide.auto) -> None:
         """Fresh random V, U (from torch's global RNG); the faithfulness warm-up then fits them to W.
 
-        `neurons`: component c starts as unit c of the wider side (an MLP-in's hidden unit: its row of W, written to
-        that unit; an MLP-out's hidden unit: its column of W), the rest small and random. Units are the basis an
-        elementwise nonlinearity privileges; SPD may still rotate, split or merge them.
+        `neurons`: component c starts as unit c of the wider side, or of `side` (an MLP-in's hidden unit: its row of W,
+        written to that unit; an MLP-out's hidden unit: its column of W), the rest small and random. Units are the
+        basis an elementwise nonlinearity privileges; SPD may still rotate, split or merge them.
         """
         self.V.copy_(torch.randn_like(self.V) / self.d_in**0.5)
         self.U.copy_(torch.randn_like(self.U) / self.C**0.5)
@@ -89,8 +90,9 @@ class DecomposedModule(nn.Module):
         W = self.target_weight().detach()
         self.V.mul_(1e-3)
         self.U.mul_(1e-3)
-        idx = torch.arange(min(self.C, max(self.d_in, self.d_out)))
-        if self.d_out >= self.d_in:  # units are outputs: V_c = W[c] / |W[c]|, U_c = |W[c]| e_c
+        outputs = self.d_out >= self.d_in if side is UnitSide.auto else side is UnitSide.outputs
+        idx = torch.arange(min(self.C, self.d_out if outputs else self.d_in))
+        if outputs:  # units are outputs: V_c = W[c] / |W[c]|, U_c = |W[c]| e_c
             norms = W[idx].norm(dim=1).clamp_min(1e-12)  # unit read directions keep x . V_c, the CI input, O(|x|)
             self.V[:, idx] = (W[idx] / norms[:, None]).T
             self.U[idx] = 0.0

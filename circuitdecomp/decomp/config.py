@@ -27,6 +27,14 @@ class LRSchedule(str, Enum):
     linear = "linear"
 
 
+class UnitSide(str, Enum):
+    """Which side's basis `init=neurons` starts a matrix's components in."""
+
+    auto = "auto"  # the wider side (an MLP's hidden units either way); outputs on a tie
+    inputs = "inputs"  # component c reads input coordinate c (e.g. an attention output matrix: one head dimension)
+    outputs = "outputs"  # component c writes output coordinate c
+
+
 class InitKind(str, Enum):
     """How components start (the faithfulness warm-up follows either way)."""
 
@@ -53,6 +61,9 @@ class ModuleSpec(Frozen):
     # mask every sequence position of these matches even when `positions` picks some: for matrices whose outputs at
     # other positions are read at the picked ones (attention keys and values)
     all_positions: bool = False
+    # init=neurons: the basis components start in. Square attention matrices have no wider side; their head side
+    # (outputs of W_Q, W_K, W_V, inputs of W_O) starts every component inside one head.
+    units: UnitSide = UnitSide.auto
 
     def __post_init__(self) -> None:
         check(bool(self.pattern), "decomposition.modules: a pattern is empty; name modules like 'blocks.*.mlp.in'")

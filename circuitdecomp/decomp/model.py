@@ -61,6 +61,7 @@ class ComponentModel(nn.Module):
                 C_of[path] = spec.C or math.ceil(spec.C_factor * max(weight_matrix(slots[path].get()).shape))
                 spec_of[path] = spec
         self.paths = [p for p in slots if p in C_of]  # model order
+        self.unit_sides = {p: spec_of[p].units for p in self.paths}
         self.components = nn.ModuleDict()
         self.ci_fns = nn.ModuleDict()
         self._slots = {p: slots[p] for p in self.paths}
@@ -69,7 +70,7 @@ class ComponentModel(nn.Module):
             base = slots[path].get()
             comp = DecomposedModule(path, base, C_of[path], self.state)
             if self.init_neurons:  # (random init already happened: the RNG stream of random runs is unchanged)
-                comp.reset_parameters(neurons=True)
+                comp.reset_parameters(neurons=True, side=spec_of[path].units)
             comp.positions = None if cfg.positions is None or spec_of[path].all_positions else list(cfg.positions)
             self.components[_key(path)] = comp
             match cfg.ci_fn:
@@ -107,7 +108,7 @@ class ComponentModel(nn.Module):
         """Redraw every component and CI-function parameter from `seed` (a restart)."""
         torch.manual_seed(seed)
         for path in self.paths:
-            self.component(path).reset_parameters(neurons=self.init_neurons)
+            self.component(path).reset_parameters(neurons=self.init_neurons, side=self.unit_sides[path])
             self.ci_fns[_key(path)].reset_parameters()
 
     @torch.no_grad()
