@@ -132,7 +132,8 @@ class Decomposition:
             raw = json.loads((f.metadata() or {}).get("config", "null"))
         if raw is None:
             raise ValueError(f"{path} has no decomposition config in its metadata: was it written by Decomposition.save?")
-        raw["modules"] = [ModuleSpec(**m) for m in raw["modules"]]
+        spec_fields = {f.name: f.type for f in dataclasses.fields(ModuleSpec)}
+        raw["modules"] = [ModuleSpec(**{k: _enum(spec_fields[k], v) for k, v in m.items()}) for m in raw["modules"]]
         fields = {f.name: f.type for f in dataclasses.fields(DecompositionConfig)}
         config = DecompositionConfig(**{k: _enum(fields[k], v) for k, v in raw.items()})
         cm = ComponentModel(model, config, output_fn)
