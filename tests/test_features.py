@@ -111,3 +111,30 @@ def test_gate_threshold_never_cuts_inside_a_tie() -> None:
     active[:9] = True
     tau = gate_threshold(p, active, 0.9)
     assert bool((own >= tau).all()) and 0.7 < tau < 0.99
+
+
+def test_fit_sample_holds_every_question_entity_pair() -> None:
+    from circuitdecomp.pipeline.features import fit_sample
+    from circuitdecomp.world.config import WorldConfig
+    from circuitdecomp.world.world import make_world
+
+    world = make_world(WorldConfig(n_animals=40, n_attributes=4, n_houses=3, n_economies=2, n_facts=3,
+                                   n_fact_answers=4, d_model=16), seed=0)
+    ex = world.examples
+    pairs = set(zip(ex.qtype.tolist(), ex.entity.tolist()))
+    sample = fit_sample(ex, len(pairs) + 10, seed=1)
+    assert len(sample) == len(pairs) + 10
+    assert set(zip(sample.qtype.tolist(), sample.entity.tolist())) == pairs
+    assert fit_sample(ex, len(ex) + 1, seed=1) is ex  # small worlds: every input
+
+
+def test_features_fitted_on_one_sample_are_valued_on_another() -> None:
+    """apply_features: the same directions and gates, values = gated projections of the other inputs."""
+    from circuitdecomp.features.extract import apply_features
+
+    u, v, values, entity, resid = _world()
+    feats = extract_features(_planted_candidates(u, v, entity, resid), resid, span_basis(v), FeaturesConfig())
+    half = torch.arange(len(entity)) % 2 == 0
+    moved = apply_features(feats, resid[half])
+    assert torch.allclose(moved.values, feats.values[half], atol=1e-6)
+    assert torch.equal(moved.directions, feats.directions)

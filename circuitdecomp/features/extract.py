@@ -125,6 +125,13 @@ def extract_features(cands: list[Candidate], resid: Float[Tensor, "n_inputs d_mo
                     torch.tensor(inside_out), provenance)
 
 
+def apply_features(feats: Features, resid: Float[Tensor, "n_inputs d_model"]) -> Features:
+    """The same features (directions, gates) valued on other inputs: projection where it reaches the gate, else 0."""
+    p = resid @ feats.directions.T
+    values = torch.where(p >= feats.thresholds, p, torch.zeros_like(p))
+    return Features(feats.directions, values, feats.thresholds, feats.inside, feats.provenance)
+
+
 def gate_threshold(p: Float[Tensor, " n_inputs"], active: Tensor, min_accuracy: float) -> float:
     """The projection above which the feature's circuits are active, or -inf when activity does not follow it.
 

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from circuitdecomp.config import Config
 from circuitdecomp.decomp.model import ComponentModel
 from circuitdecomp.evaluate.recovery import GroundTruth, RecoveryResult, Units, score_recovery, to_metrics
-from circuitdecomp.features.extract import Features, candidates, extract_features, matches, span_basis
+from circuitdecomp.features.extract import Features, apply_features, candidates, extract_features, matches, span_basis
 from circuitdecomp.runio import Metrics, atomic_write, save_figure, save_tensors, update_metrics
 from circuitdecomp.tracking import Logger
 from circuitdecomp.world.questions import Examples
@@ -31,25 +31,59 @@ def token_subspace(model: nn.Module, examples: Examples) -> Float[Tensor, "k d_m
     return span_basis(embed.weight[tokens].detach())
 
 
+def fit_sample(examples: Examples, n: int, seed: int) -> Examples:
+    """Every example when there are at most `n`; else `n` of them holding every (question type, entity) pair."""
+    if len(examples) <= n:
+        return examples
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed))
+    pair = examples.qtype[order] * (int(examples.entity.max()) + 1) + examples.entity[order]
+    _, group = torch.unique(pair, return_inverse=True)
+    firsts = torch.full((int(group.max()) + 1,), len(order)).scatter_reduce(0, group, torch.arange(len(order)), "amin")
+    first = torch.zeros(len(order), dtype=torch.bool)
+    first[firsts] = True  # the first input of each (question type, entity) pair in the random order
+    rest = (~first).nonzero().flatten()[: max(0, n - int(first.sum()))]
+    return examples.subset(order[torch.cat([first.nonzero().flatten(), rest])])
+
+
 @torch.no_grad()
-def circuit_features(cm: ComponentModel, model: nn.Module, examples: Examples, cfg: Config) -> Features:
-    """Run the decomposition on `examples` and turn its live components into features (features/extract.py)."""
+def _ci_and_resid(cm: ComponentModel, examples: Examples, reader: str,
+                  chunk: int = 4096) -> tuple[dict[str, Tensor], Float[Tensor, "n d_model"]]:
+    """CI at the read-out position per module, and the residual `reader` reads there, in chunks (CI MLPs are wide)."""
+    cis: dict[str, list[Tensor]] = {}
+    resids = []
+    for s in range(0, len(examples), chunk):
+        cm.run_target(examples.tokens[s:s + chunk])
+        for p, g in cm.causal_importance().lower.items():
+            cis.setdefault(p, []).append(g[:, -1] if g.dim() == 3 else g)
+        x = cm.state.inputs[(reader, 0)]
+        resids.append(x[:, -1] if x.dim() == 3 else x)
+    return {p: torch.cat(v) for p, v in cis.items()}, torch.cat(resids)
+
+
+@torch.no_grad()
+def circuit_features(cm: ComponentModel, model: nn.Module, examples: Examples, cfg: Config,
+                     fit: Examples | None = None) -> Features:
+    """Turn the decomposition's live components into features (features/extract.py), valued on `examples`.
+
+    Live components, gates and orientation are fitted on `fit` (default: `examples`); a look-up's gate needs
+    inputs of its animal's facts, which a held-out batch of a large world may lack.
+    """
     fc = cfg.features
-    cm.run_target(examples.tokens)
-    ci = {p: (g[:, -1] if g.dim() == 3 else g) for p, g in cm.causal_importance().lower.items()}
-    V = {p: cm.component(p).V.detach() for p in cm.paths}
-    U = {p: cm.component(p).U.detach() for p in cm.paths}
     readers = [p for p in cm.paths if matches(p, fc.read_patterns)]
     if not readers:
         raise ValueError(f"no decomposed module matches features.read_patterns={list(fc.read_patterns)}; "
                          f"decomposed modules: {cm.paths}")
-    x = cm.state.inputs[(readers[0], 0)]
-    resid = x[:, -1] if x.dim() == 3 else x
-    d_model = resid.shape[-1]
-    cands = candidates(V, U, ci, d_model, fc)
-    subspace = token_subspace(model, examples) if fc.token_subspace else None
+    fit = examples if fit is None else fit
+    ci, resid = _ci_and_resid(cm, fit, readers[0])
+    V = {p: cm.component(p).V.detach() for p in cm.paths}
+    U = {p: cm.component(p).U.detach() for p in cm.paths}
+    cands = candidates(V, U, ci, resid.shape[-1], fc)
+    subspace = token_subspace(model, fit) if fc.token_subspace else None
     feats = extract_features(cands, resid.float(), subspace, fc)
-    log.info("%d candidate directions from %d modules -> %d features", len(cands), len(cm.paths), len(feats))
+    log.info("%d candidate directions from %d modules on %d inputs -> %d features", len(cands), len(cm.paths),
+             len(fit), len(feats))
+    if fit is not examples and len(feats):
+        feats = apply_features(feats, _ci_and_resid(cm, examples, readers[0])[1].float())
     return feats
 
 
@@ -94,7 +128,8 @@ def recovery_figure(result: RecoveryResult, units: Units, truth: GroundTruth, ti
 def features_stage(cfg: Config, world: World, model: nn.Module, cm: ComponentModel, examples: Examples,
                    out_dir: Path, logger: Logger) -> tuple[Features, Metrics]:
     """Extract, save and score the features from circuits; metrics `recovery/...` and `features/...`."""
-    feats = circuit_features(cm, model, examples, cfg)
+    fit = fit_sample(world.examples, cfg.features.fit_max_inputs, cfg.seed + 13)
+    feats = circuit_features(cm, model, examples, cfg, fit=fit)
     save_features(out_dir, feats)
     metrics: Metrics = {"features/n_features": len(feats),
                         "features/n_dense": int((feats.thresholds == float("-inf")).sum()) if len(feats) else 0}
