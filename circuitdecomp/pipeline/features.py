@@ -46,14 +46,15 @@ def fit_sample(examples: Examples, n: int, seed: int) -> Examples:
 
 
 @torch.no_grad()
-def _ci_and_resid(cm: ComponentModel, examples: Examples, reader: str,
+def _ci_and_resid(cm: ComponentModel, examples: Examples, reader: str, with_ci: bool = True,
                   chunk: int = 4096) -> tuple[dict[str, Tensor], Float[Tensor, "n d_model"]]:
-    """CI at the read-out position per module, and the residual `reader` reads there, in chunks (CI MLPs are wide)."""
+    """CI at the read-out position per module (unless not `with_ci`), and the residual `reader` reads there, in
+    chunks (CI MLPs are wide)."""
     cis: dict[str, list[Tensor]] = {}
     resids = []
     for s in range(0, len(examples), chunk):
         cm.run_target(examples.tokens[s:s + chunk])
-        for p, g in cm.causal_importance().lower.items():
+        for p, g in (cm.causal_importance().lower.items() if with_ci else ()):
             cis.setdefault(p, []).append(g[:, -1] if g.dim() == 3 else g)
         x = cm.state.inputs[(reader, 0)]
         resids.append(x[:, -1] if x.dim() == 3 else x)
@@ -83,7 +84,7 @@ def circuit_features(cm: ComponentModel, model: nn.Module, examples: Examples, c
     log.info("%d candidate directions from %d modules on %d inputs -> %d features", len(cands), len(cm.paths),
              len(fit), len(feats))
     if fit is not examples and len(feats):
-        feats = apply_features(feats, _ci_and_resid(cm, examples, readers[0])[1].float())
+        feats = apply_features(feats, _ci_and_resid(cm, examples, readers[0], with_ci=False)[1].float())
     return feats
 
 

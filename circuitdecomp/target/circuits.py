@@ -18,7 +18,7 @@ ANIMAL_DEPENDENT = 0.5  # ... and a look-up unit if its activation across animal
 def mlp_readout(model: nn.Module, tokens: Int[Tensor, "batch 3"], layer: int = 0) -> Float[Tensor, "batch d_mlp"]:
     """MLP activations (after the ReLU) of one layer at the read-out position."""
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == f"blocks.{layer}.mlp.hook_post")
-    return cache[f"blocks.{layer}.mlp.hook_post"][:, -1]  # the read-out is last (also under decompose.readout_only)
+    return cache[f"blocks.{layer}.mlp.hook_post"][:, -1]  # the read-out is the last position
 
 
 def _tokens(world: World, question_tokens: list[int]) -> Int[Tensor, "q n_animals 3"]:
