@@ -83,6 +83,29 @@ def test_cached_pass_equals_fresh_computation():
         assert torch.allclose(cached, fresh, atol=1e-6)
 
 
+def test_leaves_before_the_first_masked_module_run_once_per_batch():
+    model = EmbedMLP()
+    emb, fc2 = model.emb, model.fc2
+    runs = {"emb": 0, "fc2": 0}
+    emb.register_forward_hook(lambda *_: runs.__setitem__("emb", runs["emb"] + 1))
+    fc2.register_forward_hook(lambda *_: runs.__setitem__("fc2", runs["fc2"] + 1))
+    tokens = torch.randint(0, 11, (3, 5))
+    expected = model(tokens)
+    runs.update(emb=0, fc2=0)
+    cm = ComponentModel(model, _cfg("fc1", C=20))
+    _fit_exactly(cm)
+    cm.run_target(tokens)
+    for _ in range(2):
+        assert torch.allclose(cm(tokens, _ones(cm, (3, 5), None)), expected, atol=1e-5)
+    assert runs == {"emb": 1, "fc2": 3}  # the embedding is reused; fc2 reads a masked module's output, so it reruns
+    half = {"fc1": MaskInfo(torch.full((3, 5, 20), 0.5))}
+    cached = cm(tokens, half)
+    cm.state.outputs.clear()  # nothing recorded: every leaf runs
+    assert torch.allclose(cached, cm(tokens, half)) and not torch.allclose(cached, expected, atol=1e-3)
+    cm.detach_components()
+    assert model.emb is emb and model.fc2 is fc2
+
+
 def test_gradients_reach_components_and_not_target():
     model = EmbedMLP()
     tokens = torch.randint(0, 11, (3, 5))

@@ -43,22 +43,69 @@ class PassState:
             self.inputs, self.outputs, self.acts = {}, {}, {}
 
 
-class DecomposedModule(nn.Module):
+class _Twin(nn.Module):
+    """A stand-in for a target leaf `base`: attributes it does not define are the base's (bridge code reads them)."""
+
+    def __init__(self, path: str, base: nn.Module, state: PassState) -> None:
+        super().__init__()
+        self.path, self.base = path, base
+        self._state = [state]  # a list, so nn.Module does not register it
+
+    @property
+    def weight(self) -> Tensor:
+        return self.base.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return getattr(self.base, "bias", None)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("base"), name)
+
+    def _call_key(self) -> tuple[str, int]:
+        """(path, how many times this leaf ran before in this pass): the key of its recorded input and output."""
+        calls = self._state[0].calls
+        k = calls.get(self.path, 0)
+        calls[self.path] = k + 1
+        return self.path, k
+
+
+class FrozenLeaf(_Twin):
+    """A leaf that is not decomposed: a masked pass reuses its recorded output while its input cannot have changed.
+
+    So the embedding, and any layer before the first masked module, runs once per step instead of once per
+    forward pass (with one stochastic and n layerwise passes, 2 + n times).
+    """
+
+    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        state = self._state[0]
+        key = self._call_key()
+        if state.recording:
+            y = self.base(x, *args, **kwargs)
+            state.outputs[key] = y
+            return y
+        if not state.dirty and key in state.outputs:
+            return state.outputs[key]
+        return self.base(x, *args, **kwargs)
+
+
+class DecomposedModule(_Twin):
     """Stands in for a Linear / Conv1D / Embedding leaf; with no mask it *is* the frozen target leaf."""
 
     def __init__(self, path: str, base: nn.Module, C: int, state: PassState) -> None:
-        super().__init__()
+        super().__init__(path, base, state)
         kind = weight_kind(base)
         if kind is None:
             raise TypeError(f"'{path}' is a {type(base).__name__}; only Linear, Conv1D and Embedding can be decomposed")
         W = weight_matrix(base).detach()
-        self.path, self.kind, self.C = path, kind, C
+        self.kind, self.C = kind, C
         self.d_out, self.d_in = W.shape
-        self.base = base
         self.V = nn.Parameter(torch.empty(self.d_in, C, dtype=W.dtype, device=W.device))
         self.U = nn.Parameter(torch.empty(C, self.d_out, dtype=W.dtype, device=W.device))
         self.reset_parameters()
-        self._state = [state]  # a list, so nn.Module does not register it
         self.positions: list[int] | None = None  # sequence positions that get masks; None: every position
 
     def _select_in(self, x: Tensor) -> Tensor:
@@ -102,21 +149,6 @@ class DecomposedModule(nn.Module):
             self.V[idx, idx] = 1.0
             self.U[idx] = W[:, idx].T
 
-    # Bridge code reads these from the module it wraps.
-    @property
-    def weight(self) -> Tensor:
-        return self.base.weight
-
-    @property
-    def bias(self) -> Tensor | None:
-        return getattr(self.base, "bias", None)
-
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(super().__getattr__("base"), name)
-
     def target_weight(self) -> Float[Tensor, "d_out d_in"]:
         return weight_matrix(self.base)
 
@@ -143,9 +175,7 @@ class DecomposedModule(nn.Module):
 
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
         state = self._state[0]
-        k = state.calls.get(self.path, 0)
-        state.calls[self.path] = k + 1
-        key = (self.path, k)
+        key = self._call_key()
         if state.recording:
             y = self.base(x, *args, **kwargs)
             state.inputs[key], state.outputs[key] = x, y

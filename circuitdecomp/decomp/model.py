@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from circuitdecomp.decomp.adapters import WeightKind, find_slots, insert_identity, match_slots, weight_matrix
 from circuitdecomp.decomp.ci import PerComponentMLP, SharedMLP
-from circuitdecomp.decomp.components import DecomposedModule, MaskInfo, PassState
+from circuitdecomp.decomp.components import DecomposedModule, FrozenLeaf, MaskInfo, PassState
 from circuitdecomp.decomp.config import CIFnType, DecompositionConfig, InitKind, ModuleSpec
 
 
@@ -81,20 +81,26 @@ class ComponentModel(nn.Module):
                     d_in = comp.C if comp.kind is WeightKind.embedding else comp.d_in
                     self.ci_fns[_key(path)] = SharedMLP(C_of[path], d_in, list(cfg.ci_hidden))
             self._originals[path] = base
+        # every other leaf is recorded too: masked passes reuse what runs before their first masked module
+        self._frozen = {path: FrozenLeaf(path, slot.get(), self.state) for path, slot in slots.items() if path not in C_of}
+        self._slots.update({path: slots[path] for path in self._frozen})
+        self._originals.update({path: leaf.base for path, leaf in self._frozen.items()})
         self.attach()
 
     def component(self, path: str) -> DecomposedModule:
         return self.components[_key(path)]
 
     def attach(self) -> None:
-        """Put the decomposed twins into the target (done at construction)."""
+        """Put the decomposed twins (and the recording twins of the other leaves) into the target (done at construction)."""
         for path in self.paths:
             self._slots[path].put(self.component(path))
+        for path, leaf in self._frozen.items():
+            self._slots[path].put(leaf)
 
     def detach_components(self) -> None:
         """Give the target back its original modules (undo the swap)."""
-        for path in self.paths:
-            self._slots[path].put(self._originals[path])
+        for path, original in self._originals.items():
+            self._slots[path].put(original)
 
     def named_trainables(self) -> dict[str, nn.Parameter]:
         """Everything SPD trains, by stable name: `<path>/V`, `<path>/U`, `<path>/ci/<param>`."""

@@ -31,14 +31,23 @@ class ResidMLP(nn.Module):
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
         W_E = torch.randn(cfg.n_features, cfg.d_embed, generator=gen)
-        self.register_buffer("W_E", W_E / W_E.norm(dim=-1, keepdim=True))
+        # a frozen Linear, not a bare matmul: SPD's masked passes reuse a module's recorded output (the embedding
+        # runs once per step, not once per pass), and only modules can be recorded
+        self.embed = nn.Linear(cfg.n_features, cfg.d_embed, bias=False)
+        with torch.no_grad():
+            self.embed.weight.copy_((W_E / W_E.norm(dim=-1, keepdim=True)).T)
+        self.embed.requires_grad_(False)
         self.layers = nn.ModuleList(MLPBlock(cfg.d_embed, cfg.d_mlp) for _ in range(cfg.n_layers))
 
+    @property
+    def W_E(self) -> Float[Tensor, "n_features d_embed"]:
+        return self.embed.weight.T
+
     def forward(self, x: Float[Tensor, "batch n_features"]) -> Float[Tensor, "batch n_features"]:
-        resid = x @ self.W_E
+        resid = self.embed(x)
         for layer in self.layers:
             resid = resid + layer(resid)
-        return resid @ self.W_E.T
+        return resid @ self.embed.weight
 
 
 def resid_labels(x: Tensor) -> Tensor:
