@@ -148,3 +148,30 @@ def test_pgd_masks_find_a_worse_reconstruction_than_random():
     worst = pgd_recon_loss(cm, x, steps=20, step_size=0.1, kind=OutputLoss.mse, use_delta=True, generator=gen)
     assert worst > random
     assert all(p.grad is None for p in cm.named_trainables().values())
+
+
+def test_ci_masked_recon_ablates_components_with_ci_zero():
+    """y = 1 x1 + 2 x2 from two exact rank-1 components; CI (1, 0) drops the second: loss = mean((2 x2)^2)."""
+    from circuitdecomp.decomp.config import InitKind, ModuleSpec
+    from circuitdecomp.decomp.model import ComponentModel
+    from circuitdecomp.decomp.train import spd_losses
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, 2.0]]))
+    cfg = DecompositionConfig(modules=[ModuleSpec("0", 2)], init=InitKind.neurons, use_delta=False, compile=False,
+                              stochastic_recon_coeff=0.0, layerwise_recon_coeff=0.0, ci_masked_recon_coeff=1.0,
+                              importance_coeff=0.0)
+    cm = ComponentModel(model, cfg)  # neuron init on the input side: component c = input c, exact
+    fn = cm.ci_fns["0"]
+    with torch.no_grad():  # CI = clamp(output bias): component 0 fully important, component 1 not at all
+        fn.weights[-1].zero_()
+        fn.biases[-1].copy_(torch.tensor([[2.0], [-1.0]]))
+    x = torch.tensor([[1.0, 1.0], [0.0, 3.0], [2.0, 0.0]])
+    total, terms, _ = spd_losses(cm, x, cfg, 1.0, torch.Generator().manual_seed(0))
+    expected = ((2 * x[:, 1]) ** 2).mean().item()  # 13/3
+    assert math.isclose(terms["ci_masked_recon"].item(), expected, rel_tol=1e-6)
+    assert math.isclose(total.item(), expected, rel_tol=1e-6)
+    with torch.no_grad():
+        fn.biases[-1].fill_(2.0)  # every CI 1: the exact components reproduce the target
+    assert spd_losses(cm, x, cfg, 1.0, torch.Generator())[1]["ci_masked_recon"].item() < 1e-10
