@@ -33,7 +33,8 @@ class ResidMLP(nn.Module):
         W_E = torch.randn(cfg.n_features, cfg.d_embed, generator=gen)
         # a frozen Linear, not a bare matmul: SPD's masked passes reuse a module's recorded output (the embedding
         # runs once per step, not once per pass), and only modules can be recorded
-        self.embed = nn.Linear(cfg.n_features, cfg.d_embed, bias=False)
+        # (skip_init: no draw from the global RNG, so the MLP's initialisation is what it was with a bare buffer)
+        self.embed = torch.nn.utils.skip_init(nn.Linear, cfg.n_features, cfg.d_embed, bias=False)
         with torch.no_grad():
             self.embed.weight.copy_((W_E / W_E.norm(dim=-1, keepdim=True)).T)
         self.embed.requires_grad_(False)
