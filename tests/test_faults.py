@@ -17,8 +17,8 @@ from torch import nn
 
 from circuitdecomp.cli import hydra_script, precheck_overrides
 from circuitdecomp.interrupt import DivergenceError, Interrupted, signals_interrupt
-from circuitdecomp.runio import (BadRunFile, DiskFull, MissingRunFile, load_module_state, load_run, load_tensors,
-                                 save_config, save_tensors, update_metrics)
+from circuitdecomp.runio import (BadRunFile, DiskFull, MissingRunFile, atomic_write, load_module_state, load_run,
+                                 load_tensors, save_config, save_tensors, update_metrics)
 from circuitdecomp.world.config import WorldConfig
 from circuitdecomp.world.world import WORLD_FILE, load_world_tensors, make_world, save_world
 
@@ -197,3 +197,18 @@ def test_corrupt_target_in_run_dir_is_one_line_exit_2(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: cannot read {tmp_path}/target.safetensors"), proc.stderr
+
+
+@pytest.mark.parametrize("error", [RuntimeError("crash mid-write"), OSError("disk full")])
+def test_save_atomic_write_keeps_old_file_on_any_failure(tmp_path, error):
+    path = tmp_path / "metrics.json"
+    path.write_text("old")
+
+    def broken(tmp):
+        tmp.write_text("half")
+        raise error
+
+    with pytest.raises(type(error), match=str(error)):
+        atomic_write(path, broken)
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp file left behind

@@ -20,7 +20,7 @@ from circuitdecomp.decomp.config import DecompositionConfig, ModuleSpec
 from circuitdecomp.decomp.model import ComponentModel
 from circuitdecomp.decomp.train import TrainResult, fresh_state, train_decomposition
 from circuitdecomp.interrupt import DivergenceError
-from circuitdecomp.runio import BadRunFile, DiskFull, atomic_write, load_tensors
+from circuitdecomp.runio import BadRunFile, DiskFull, load_tensors
 from circuitdecomp.world.config import WorldConfig
 from circuitdecomp.world.world import make_world, save_world
 
@@ -93,19 +93,6 @@ def test_full_disk_stops_decomposition_before_its_first_step(tmp_path, monkeypat
     with pytest.raises(DiskFull, match=r"only 0 MB free .* needs 1 MB"):
         _decompose(tmp_path, _cfg(), lambda gen: calls.append(1) or _sample(gen))
     assert calls == [] and latest_checkpoint(tmp_path) is None
-
-
-def test_save_atomic_write_keeps_old_file_on_any_failure(tmp_path):
-    path = tmp_path / "metrics.json"
-    path.write_text("old")
-
-    def broken(tmp):
-        tmp.write_text("half")
-        raise RuntimeError("crash mid-write")
-
-    with pytest.raises(RuntimeError):
-        atomic_write(path, broken)
-    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
 
 
 # ------------------------------------------------------------------------------------------- numerical faults

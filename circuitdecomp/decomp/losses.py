@@ -90,8 +90,10 @@ def layerwise_recon_loss(run: Run, target_out: Tensor, masks: list[dict[str, Mas
 
 def ci_masks(ci_lower: dict[str, Float[Tensor, "*batch C"]], use_delta: bool) -> dict[str, MaskInfo]:
     """Masks equal to the CI (no noise); the delta component, when used, fully on."""
-    return {path: MaskInfo(mask=g, delta_mask=torch.ones(g.shape[:-1], dtype=g.dtype, device=g.device) if use_delta else None)
-            for path, g in ci_lower.items()}
+    def delta(g: Tensor) -> Tensor | None:
+        return torch.ones(g.shape[:-1], dtype=g.dtype, device=g.device) if use_delta else None
+
+    return {path: MaskInfo(mask=g, delta_mask=delta(g)) for path, g in ci_lower.items()}
 
 
 def route_subsets(masks: dict[str, MaskInfo], generator: torch.Generator | None = None) -> dict[str, MaskInfo]:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from circuitdecomp.config import Config
 from circuitdecomp.decomp.components import MaskInfo
+from circuitdecomp.decomp.losses import ci_masks
 from circuitdecomp.decomp.model import ComponentModel
 from circuitdecomp.decomp.train import ci_l0, train_decomposition
 from circuitdecomp.runio import Metrics, load_tensors, save_figure, save_tensors, update_metrics
@@ -96,10 +97,7 @@ def held_out_batch(world: World, n: int, seed: int) -> Examples:
 @torch.no_grad()
 def rounded_ci_masks(cm: ComponentModel, delta: bool) -> dict[str, MaskInfo]:
     """Masks = CI rounded to {0, 1} (the decomposition's claim of what each input needs), delta on or off."""
-    masks = {}
-    for path, g in cm.causal_importance().lower.items():
-        masks[path] = MaskInfo((g > 0.5).to(g.dtype), torch.ones(g.shape[:-1]) if delta else None)
-    return masks
+    return ci_masks({path: (g > 0.5).to(g.dtype) for path, g in cm.causal_importance().lower.items()}, delta)
 
 
 @torch.no_grad()
