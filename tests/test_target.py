@@ -107,6 +107,8 @@ def test_bad_target_configs_name_the_key():
         TransformerTargetConfig(question_mix={"colour": 1.0})
     with pytest.raises(ValueError, match="n_layers"):
         TransformerTargetConfig(n_layers=3)
+    with pytest.raises(ValueError, match="train_attention=false"):  # groups gate on a question code that must not drift
+        TransformerTargetConfig(units_per_question=2, train_attention=True)
 
 
 def test_planted_width_is_checked(world):
@@ -195,7 +197,27 @@ def test_init_templates_detect_one_animal_each_and_question_information_is_stron
     assert context.norm(dim=1).mean().item() == pytest.approx(3.0, rel=1e-4)
 
 
-def test_templates_make_one_lookup_unit_per_animal_and_without_them_units_are_shared():
+def test_init_question_groups_fire_on_their_own_question_only_and_read_no_entity(world):
+    from circuitdecomp.target.model import build_model, mlp_width, readout_forward
+    from circuitdecomp.target.train import _init, n_templates, question_of_units
+
+    cfg = TransformerTargetConfig(units_per_question=3, train_attention=False)
+    n_q = len(TINY.asked_attributes)
+    assert mlp_width(world, cfg) == TINY.n_animals + 3 * n_q
+    model = build_model(world, cfg, seed=0)
+    _init(model, cfg, world, torch.Generator().manual_seed(0))
+    first, question = n_templates(world, cfg), question_of_units(world, cfg)
+    assert torch.equal(question, torch.arange(n_q).repeat_interleave(3) + world.vocab.attribute_question(0))
+    w_in = model.blocks[0].mlp.get_submodule("in").weight.detach()[first:]
+    assert (w_in @ world.geometry.entity_basis.T).abs().max() < 1e-5  # no entity read at the start
+    tokens = world.examples.tokens
+    _, h = readout_forward(model, tokens)
+    own = tokens[:, 0, None] == question[None, :]
+    assert torch.allclose(h[:, first:][own], torch.ones(int(own.sum())), atol=1e-4)  # on, response 1, every entity
+    assert h[:, first:][~own].abs().max() < 1e-4  # off on every other question, facts included
+
+
+def test_templates_make_one_lookup_unit_per_animal_free_units_are_shared_and_groups_serve_one_question():
     from circuitdecomp.target.circuits import circuit_metrics
     from circuitdecomp.target.evaluate import evaluate_target
     from circuitdecomp.target.train import train_target
@@ -203,14 +225,19 @@ def test_templates_make_one_lookup_unit_per_animal_and_without_them_units_are_sh
     w = make_world(WorldConfig(name="t", n_attributes=24, n_animals=64, n_houses=8, n_economies=8, n_facts=3,
                                attribute_margin=0.5, holdout_fraction=0.2), 0)
     metrics = {}
-    for templates in (True, False):
-        cfg = TransformerTargetConfig(train_steps=300, batch_size=256, warmup_steps=20, eval_every=0, animal_templates=templates)
+    variants = {"templates": {}, "free": {"animal_templates": False}, "groups": {"units_per_question": 4, "train_attention": False}}
+    for name, change in variants.items():
+        cfg = TransformerTargetConfig(train_steps=300, batch_size=256, warmup_steps=20, eval_every=0, **change)
         model = train_target(w, cfg, seed=0, logger=NullLogger()).model
-        metrics[templates] = evaluate_target(model, w.examples) | circuit_metrics(model, w, cfg.lookup_active_fraction)
-    assert metrics[True]["target/accuracy/fact"] > 0.95
-    assert metrics[True]["target/circuits/animals_per_lookup_unit"] <= 1.5
-    assert metrics[True]["target/circuits/lookup_read_cos_v"] > 0.95
-    assert metrics[False]["target/circuits/animals_per_lookup_unit"] > 5  # DESIGN §6: free look-up units are shared
+        metrics[name] = evaluate_target(model, w.examples) | circuit_metrics(model, w, cfg.lookup_active_fraction)
+    assert metrics["templates"]["target/accuracy/fact"] > 0.95
+    assert metrics["templates"]["target/circuits/animals_per_lookup_unit"] <= 1.5
+    assert metrics["templates"]["target/circuits/lookup_read_cos_v"] > 0.95
+    assert metrics["free"]["target/circuits/animals_per_lookup_unit"] > 5  # DESIGN §6: free look-up units are shared
+    # shared attribute units: ~100 per question (measured 106); per-question groups of 4: the group and a few others
+    assert metrics["templates"]["target/circuits/attribute_units_per_question"] > 50
+    assert metrics["groups"]["target/circuits/attribute_units_per_question"] < 10
+    assert metrics["groups"]["target/circuits/attribute_read_purity"] > metrics["templates"]["target/circuits/attribute_read_purity"] + 0.05
 
 
 def test_attribute_circuits_of_the_planted_target_read_one_attribute_each(world, planted):

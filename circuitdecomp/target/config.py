@@ -106,6 +106,12 @@ class TransformerTargetConfig(TargetConfig):
     act_l1: float = 0.015  # L1 on every unit's activations on fact questions: pressure towards one unit per animal
     lookup_gate_l1: float = 0.03  # L1 on template units' activations on other questions: look-ups stay off there
     attribute_l1: float = 0.0  # L1 on the other units' activations on other questions: fewer units per attribute question
+    # > 0: the units after the templates come in groups of this many per attribute question token; a group starts
+    # reading no entity direction and pays `question_gate_l1` for activity on any other question (results log,
+    # session 7). 0: the units after the templates are shared by every attribute question (width_factor sets them).
+    units_per_question: int = 0
+    question_gate_l1: float = 0.03
+    train_attention: bool = True  # false: embeddings and attention keep their (scaled) init: a fixed question code
     init_bias: float = 0.0  # initial MLP input bias of the non-template units
     question_mix: dict[str, float] = field(default_factory=default_question_mix)
     eval_every: int = 500  # held-out accuracy during training (0: only at the end)
@@ -132,7 +138,12 @@ class TransformerTargetConfig(TargetConfig):
         check(0 <= self.retry_lr_factor < 1, f"target.retry_lr_factor={self.retry_lr_factor} must be in [0, 1) (0: no retry)")
         check(self.max_retries >= 0, f"target.max_retries={self.max_retries} must be >= 0")
         check(0 <= self.label_smoothing < 1, f"target.label_smoothing={self.label_smoothing} must be in [0, 1)")
-        for name in ("lookup_gate_l1", "attribute_l1", "context_init_norm"):
+        check(self.units_per_question >= 0, f"target.units_per_question={self.units_per_question} must be >= 0 (0: shared units)")
+        check(not (self.units_per_question and self.train_attention),
+              f"target.units_per_question={self.units_per_question} gates each group on the initial question code, which "
+              "drifts when attention trains (~60% of the groups then die: results log, session 7); set "
+              "target.train_attention=false, or target.units_per_question=0")
+        for name in ("lookup_gate_l1", "attribute_l1", "question_gate_l1", "context_init_norm"):
             check(getattr(self, name) >= 0, f"target.{name}={getattr(self, name)} must be >= 0")
         check(0 < self.template_threshold < 1, f"target.template_threshold={self.template_threshold} must be in (0, 1)")
         check(0 < self.lookup_active_fraction < 1, f"target.lookup_active_fraction={self.lookup_active_fraction} must be in (0, 1)")

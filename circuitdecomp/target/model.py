@@ -88,10 +88,22 @@ def trained_base_width(world: World) -> int:
     return world.cfg.n_animals + 4 * len(world.cfg.asked_attributes) + world.cfg.n_facts
 
 
+def question_groups_width(world: World, cfg: TransformerTargetConfig) -> int:
+    """Units in per-question groups (`target.units_per_question` per attribute question token; 0 when off)."""
+    return cfg.units_per_question * len(world.cfg.asked_attributes)
+
+
 def mlp_width(world: World, cfg: TransformerTargetConfig) -> int:
-    """target.d_mlp, or: the planted width (planted), width_factor x `trained_base_width` (trained)."""
+    """target.d_mlp, or: the planted width (planted); trained: templates + per-question groups when
+    `units_per_question` > 0, else width_factor x `trained_base_width`."""
     planted = cfg.kind.value == "planted"
-    width = cfg.d_mlp if cfg.d_mlp is not None else planted_width(world) if planted else round(cfg.width_factor * trained_base_width(world))
+    grouped = not planted and cfg.units_per_question > 0
+    automatic = (planted_width(world) if planted else n_templates(world, cfg) + question_groups_width(world, cfg)
+                 if grouped else round(cfg.width_factor * trained_base_width(world)))
+    width = cfg.d_mlp if cfg.d_mlp is not None else automatic
+    if grouped and width < automatic:
+        raise ValueError(f"target.d_mlp={width} is below the {automatic} units that target.units_per_question="
+                         f"{cfg.units_per_question} needs (templates + groups); raise target.d_mlp or set it to null")
     if planted and width < planted_width(world):
         raise ValueError(f"target.d_mlp={width} is below the {planted_width(world)} neurons the planted target needs "
                          f"for this world; raise target.d_mlp or set it to null")
@@ -99,6 +111,11 @@ def mlp_width(world: World, cfg: TransformerTargetConfig) -> int:
         raise ValueError(f"target MLP width {width} leaves no units beside the {world.cfg.n_animals} animal templates; raise "
                          f"target.d_mlp / target.width_factor, or set target.animal_templates=false")
     return width
+
+
+def n_templates(world: World, cfg: TransformerTargetConfig) -> int:
+    """How many MLP units start as animal templates (the first ones)."""
+    return world.cfg.n_animals if cfg.animal_templates else 0
 
 
 def build_model(world: World, cfg: TransformerTargetConfig, seed: int, constrained: bool = True) -> nn.Module:

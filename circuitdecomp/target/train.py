@@ -17,7 +17,7 @@ from circuitdecomp.decomp.checkpoint import (Retry, latest_checkpoint, load_chec
 from circuitdecomp.interrupt import DivergenceError, Interrupted, check_finite, stop_on_signals
 from circuitdecomp.progress import progress
 from circuitdecomp.target.config import TransformerTargetConfig
-from circuitdecomp.target.model import build_model, readout_forward
+from circuitdecomp.target.model import build_model, n_templates, readout_forward
 from circuitdecomp.tracking import Logger
 from circuitdecomp.world.geometry import nearest_neighbour_cos
 from circuitdecomp.world.sampler import Sampler
@@ -77,24 +77,52 @@ def _init(model: nn.Module, cfg: TransformerTargetConfig, world: World, gen: tor
             w_in = model.blocks[0].mlp.get_submodule("in")
             w_in.weight[:k] = gain[:, None] * v
             w_in.bias[:k] = -gain * threshold
+        group_question = question_of_units(world, cfg)
+        if len(group_question):  # each group learns the one entity read its question needs
+            _gate_groups(model, world, k, group_question)
+
+
+@torch.no_grad()
+def _contexts(model: nn.Module, world: World) -> tuple[Tensor, Tensor]:
+    """Every distinct (question, modifier) prefix of the world and the question information it leaves at the read-out."""
+    prefixes = torch.unique(world.examples.tokens[:, :READOUT_POS], dim=0)
+    probe = torch.cat([prefixes, torch.zeros_like(prefixes[:, :1])], dim=1)  # entity 0: the attention ignores it
+    _, cache = model.run_with_cache(probe, names_filter=lambda n: n == "blocks.0.hook_resid_mid")
+    return prefixes, cache["blocks.0.hook_resid_mid"][:, READOUT_POS] - model.W_E[0]
 
 
 @torch.no_grad()
 def _scale_context(model: nn.Module, world: World, norm: float) -> None:
     """Rescale layer 0's attention output so question information at the read-out has mean norm `norm`."""
-    prefixes = torch.unique(world.examples.tokens[:, :READOUT_POS], dim=0)
-    probe = torch.cat([prefixes, torch.zeros_like(prefixes[:, :1])], dim=1)  # entity 0: the attention ignores it
-    _, cache = model.run_with_cache(probe, names_filter=lambda n: n == "blocks.0.hook_resid_mid")
-    context = cache["blocks.0.hook_resid_mid"][:, READOUT_POS] - model.W_E[0]
+    _, context = _contexts(model, world)
     factor = norm / context.norm(dim=1).mean().item()
     o = model.blocks[0].attn.get_submodule("o").original_component
     o.parametrizations.weight.original.mul_(factor)  # o is parametrized (WriteContext): scale the free tensors
     o.parametrizations.bias.original.mul_(factor)
 
 
-def n_templates(world: World, cfg: TransformerTargetConfig) -> int:
-    """How many MLP units start as animal templates (the first ones)."""
-    return world.cfg.n_animals if cfg.animal_templates else 0
+@torch.no_grad()
+def _gate_groups(model: nn.Module, world: World, first: int, group_question: Tensor) -> None:
+    """Per-question groups read no entity direction and start gated to their own question token.
+
+    Each unit's read of the question information is the least-norm solution of `read . context(p) + bias = +1`
+    for prefixes p of its question and -1 for every other prefix (there are fewer prefixes than context
+    dimensions, so it is exact): the unit is alive on its question from step 0, and nowhere else.
+    """
+    w_in = model.blocks[0].mlp.get_submodule("in")
+    prefixes, context = _contexts(model, world)
+    design = torch.cat([context, torch.ones(len(context), 1)], dim=1)  # [prefixes, d_model + 1]
+    wanted = torch.where(prefixes[:, 0, None] == group_question[None, :], 1.0, -1.0)  # [prefixes, group units]
+    solution = torch.linalg.pinv(design) @ wanted  # least norm: no entity read (contexts have none)
+    n = len(group_question)
+    w_in.weight[first:first + n] = solution[:-1].T
+    w_in.bias[first:first + n] = solution[-1]
+
+
+def question_of_units(world: World, cfg: TransformerTargetConfig) -> Tensor:
+    """Question token each unit of a per-question group serves, in unit order after the templates (empty when off)."""
+    tokens = torch.tensor([world.vocab.attribute_question(q) for q in range(len(world.cfg.asked_attributes))])
+    return tokens.repeat_interleave(cfg.units_per_question)
 
 
 def _weighted_l1(h: Tensor, block: nn.Module, rows: Tensor, units: slice = slice(None)) -> Tensor:
@@ -132,6 +160,9 @@ def _train_once(world: World, cfg: TransformerTargetConfig, seed: int, logger: L
     model = build_model(world, cfg, seed)
     sampler = Sampler(world.examples, cfg.question_mix, seed)
     _init(model, cfg, world, sampler.gen)
+    if not cfg.train_attention:  # question information stays the random code it starts as (entities are fixed too)
+        for p in list(model.embed.parameters()) + [p for b in model.blocks for p in b.attn.parameters()]:
+            p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -151,6 +182,9 @@ def _train_once(world: World, cfg: TransformerTargetConfig, seed: int, logger: L
 
     hooks = [] if cfg.n_layers == 1 else [(f"blocks.{layer}.mlp.hook_post", keep) for layer in range(cfg.n_layers)]
     n_tpl = n_templates(world, cfg)
+    group_question = question_of_units(world, cfg)
+    groups = slice(n_tpl, n_tpl + len(group_question))
+    shared = slice(groups.stop, None)
     start = time.perf_counter()
     loss_v, acc_v = float("nan"), float("nan")
     with stop_on_signals() as stop, model.hooks(fwd_hooks=hooks), progress(cfg.train_steps, "train target", initial=first) as bar:
@@ -173,12 +207,14 @@ def _train_once(world: World, cfg: TransformerTargetConfig, seed: int, logger: L
             is_fact = (batch.qtype == int(QuestionType.fact)).float()
             l1 = sum(_weighted_l1(h, model.blocks[layer], is_fact) for layer, h in enumerate(acts))
             gate = _weighted_l1(acts[0][:, :n_tpl], model.blocks[0], 1.0 - is_fact, units=slice(0, n_tpl))
-            attr_l1 = _weighted_l1(acts[0][:, n_tpl:], model.blocks[0], 1.0 - is_fact, units=slice(n_tpl, None))
-            loss = ce + cfg.act_l1 * l1 + cfg.lookup_gate_l1 * gate + cfg.attribute_l1 * attr_l1
+            attr_l1 = _weighted_l1(acts[0][:, shared], model.blocks[0], 1.0 - is_fact, units=shared)
+            off_question = (batch.tokens[:, 0, None] != group_question[None, :]).float()  # [batch, group units]
+            q_gate = _weighted_l1(acts[0][:, groups] * off_question, model.blocks[0], torch.ones_like(is_fact), units=groups)
+            loss = ce + cfg.act_l1 * l1 + cfg.lookup_gate_l1 * gate + cfg.attribute_l1 * attr_l1 + cfg.question_gate_l1 * q_gate
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf")).item()
-            terms = {"ce": ce, "act_l1": l1, "lookup_gate_l1": gate, "attribute_l1": attr_l1}
+            terms = {"ce": ce, "act_l1": l1, "lookup_gate_l1": gate, "attribute_l1": attr_l1, "question_gate_l1": q_gate}
             check_finite("target training", step, loss, terms, grad_norm, cfg.max_loss,
                          f"lower target.lr (now {cfg.lr:g}) and re-run, or set target.retry_lr_factor=0.5 to retry automatically.")
             opt.step()
