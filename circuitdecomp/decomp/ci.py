@@ -102,6 +102,9 @@ def _kernels(compile: bool) -> tuple[Any, Any]:
         return _ci_forward, _ci_backward
     if not _compiled:  # the undecorated functions: pytest's runtime type checks wrap every function in one shared
         # wrapper, and torch.compile, which caches by code object, would mix the two up
+        # one specialisation per (batch, C) shape: a decomposition of 7 matrices evaluated at a few batch sizes
+        # needs more than dynamo's default 8 (it then warns and runs eager for the rest)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         _compiled["forward"] = torch.compile(inspect.unwrap(_ci_forward), dynamic=False)
         _compiled["backward"] = torch.compile(inspect.unwrap(_ci_backward), dynamic=False)
     return _compiled["forward"], _compiled["backward"]

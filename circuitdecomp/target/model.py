@@ -101,6 +101,10 @@ def mlp_width(world: World, cfg: TransformerTargetConfig) -> int:
     automatic = (planted_width(world) if planted else n_templates(world, cfg) + question_groups_width(world, cfg)
                  if grouped else round(cfg.width_factor * trained_base_width(world)))
     width = cfg.d_mlp if cfg.d_mlp is not None else automatic
+    if grouped and cfg.d_mlp is None and not cfg.animal_templates:
+        raise ValueError(f"target.units_per_question={cfg.units_per_question} without animal templates leaves no units for "
+                         "the look-ups: set target.animal_templates=true, or give target.d_mlp (units past the groups "
+                         "are shared by every question)")
     if grouped and width < automatic:
         raise ValueError(f"target.d_mlp={width} is below the {automatic} units that target.units_per_question="
                          f"{cfg.units_per_question} needs (templates + groups); raise target.d_mlp or set it to null")
