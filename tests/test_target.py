@@ -199,7 +199,8 @@ def test_init_templates_detect_one_animal_each_and_question_information_is_stron
 
 def test_init_question_groups_fire_on_their_own_question_only_and_read_no_entity(world):
     from circuitdecomp.target.model import build_model, mlp_width, readout_forward
-    from circuitdecomp.target.train import _init, n_templates, question_of_units
+    from circuitdecomp.target.model import question_of_units
+    from circuitdecomp.target.train import _init, n_templates
 
     cfg = TransformerTargetConfig(units_per_question=3, train_attention=False)
     n_q = len(TINY.asked_attributes)

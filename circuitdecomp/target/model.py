@@ -88,9 +88,10 @@ def trained_base_width(world: World) -> int:
     return world.cfg.n_animals + 4 * len(world.cfg.asked_attributes) + world.cfg.n_facts
 
 
-def question_groups_width(world: World, cfg: TransformerTargetConfig) -> int:
-    """Units in per-question groups (`target.units_per_question` per attribute question token; 0 when off)."""
-    return cfg.units_per_question * len(world.cfg.asked_attributes)
+def question_of_units(world: World, cfg: TransformerTargetConfig) -> Tensor:
+    """Question token each unit of a per-question group serves, in unit order after the templates (empty when off)."""
+    tokens = torch.tensor([world.vocab.attribute_question(q) for q in range(len(world.cfg.asked_attributes))])
+    return tokens.repeat_interleave(cfg.units_per_question)
 
 
 def mlp_width(world: World, cfg: TransformerTargetConfig) -> int:
@@ -98,7 +99,7 @@ def mlp_width(world: World, cfg: TransformerTargetConfig) -> int:
     `units_per_question` > 0, else width_factor x `trained_base_width`."""
     planted = cfg.kind.value == "planted"
     grouped = not planted and cfg.units_per_question > 0
-    automatic = (planted_width(world) if planted else n_templates(world, cfg) + question_groups_width(world, cfg)
+    automatic = (planted_width(world) if planted else n_templates(world, cfg) + len(question_of_units(world, cfg))
                  if grouped else round(cfg.width_factor * trained_base_width(world)))
     width = cfg.d_mlp if cfg.d_mlp is not None else automatic
     if grouped and cfg.d_mlp is None and not cfg.animal_templates:

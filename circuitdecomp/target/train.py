@@ -17,7 +17,7 @@ from circuitdecomp.decomp.checkpoint import (Retry, latest_checkpoint, load_chec
 from circuitdecomp.interrupt import DivergenceError, Interrupted, check_finite, stop_on_signals
 from circuitdecomp.progress import progress
 from circuitdecomp.target.config import TransformerTargetConfig
-from circuitdecomp.target.model import build_model, n_templates, readout_forward
+from circuitdecomp.target.model import build_model, n_templates, question_of_units, readout_forward
 from circuitdecomp.tracking import Logger
 from circuitdecomp.world.geometry import nearest_neighbour_cos
 from circuitdecomp.world.sampler import Sampler
@@ -119,20 +119,15 @@ def _gate_groups(model: nn.Module, world: World, first: int, group_question: Ten
     w_in.bias[first:first + n] = solution[-1]
 
 
-def question_of_units(world: World, cfg: TransformerTargetConfig) -> Tensor:
-    """Question token each unit of a per-question group serves, in unit order after the templates (empty when off)."""
-    tokens = torch.tensor([world.vocab.attribute_question(q) for q in range(len(world.cfg.asked_attributes))])
-    return tokens.repeat_interleave(cfg.units_per_question)
-
-
 def _weighted_l1(h: Tensor, block: nn.Module, rows: Tensor, units: slice = slice(None)) -> Tensor:
     """Sum of activations times their output norms on the selected rows and units, averaged over the batch.
 
     Weighting by the output norm makes the penalty invariant to moving scale from W_out into W_in (the SAE
-    decoder-norm trick). Three such terms with their own strengths: every unit on fact questions (one unit per
+    decoder-norm trick). Four such terms with their own strengths: every unit on fact questions (one unit per
     animal is the cheapest look-up), template units on the other questions (a look-up stays off there instead of
-    memorising attribute answers), other units on the other questions (kept weak: attribute readers must output
-    values proportional to |u_j . x|; 0.03 starves them, held-out attribute accuracy 0.62).
+    memorising attribute answers), shared units on the other questions (kept weak: attribute readers must output
+    values proportional to |u_j . x|; 0.03 starves them, held-out attribute accuracy 0.62), and per-question group
+    units on every question but their own (`question_gate_l1`).
     """
     per_row = (h * block.mlp.get_submodule("out").weight[:, units].norm(dim=0)).sum(-1)
     return (per_row * rows).sum() / h.shape[0]
