@@ -20,7 +20,8 @@ TINY = ["target=planted", "world.n_animals=12", "world.n_attributes=4", "world.n
 KEYS = ["target/accuracy/min", "target/circuits/animals_per_lookup_unit", "decomp/faithfulness/components/relative_accuracy",
         "decomp/delta_share/blocks.0.mlp.in", "decomp/n_live/blocks.0.mlp.in", "features/n_features",
         "recovery/animals/frac_cos90", "recovery/attributes/frac_cos90", "recovery/animals/coef_recall",
-        "recovery/attributes/coef_recall", "recovery/min/coef_recall", "recovery/animals/units_for_r2_90"]
+        "recovery/attributes/coef_recall", "recovery/min/coef_recall", "recovery/animals/units_for_r2_90",
+        "time/target_s", "time/decompose_s", "time/features_s", "time/baselines_s"]
 FILES = ["config.yaml", "world.safetensors", "target.safetensors", "decomposition.safetensors", "features.safetensors",
          "features.json", "metrics.json", "report.md", "ci_by_question.png", "recovery.png", "target_circuits.png"]
 
@@ -51,6 +52,8 @@ def test_every_artifact_and_metric_key(run_dir: Path) -> None:
     missing = [k for k in KEYS if k not in metrics]
     assert not missing, missing
     assert metrics["target/accuracy/min"] == 1.0  # the planted target is exact
+    # configs/decomposition/world.yaml trains no delta component: the untrained rest W - ΣUV is not scored
+    assert not [k for k in metrics if "/with_delta/" in k]
     feats = load_tensors(run_dir / "features.safetensors")
     n = metrics["features/n_features"]
     assert feats["directions"].shape[0] == n and feats["values"].shape[1] == n and 100 < feats["values"].shape[0] <= 200
@@ -64,11 +67,16 @@ def test_every_artifact_and_metric_key(run_dir: Path) -> None:
 def test_rerun_reuses_finished_stages(run_dir: Path) -> None:
     """The same command again resumes: target and decomposition are loaded, not rebuilt."""
     before = {name: (run_dir / name).read_bytes() for name in ("target.safetensors", "decomposition.safetensors")}
+    took = json.loads((run_dir / "metrics.json").read_text())
     proc = _run(run_dir, "stages=[target,decompose,features,report]")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "found in" in proc.stderr + proc.stdout and "decomposition loaded" in proc.stderr + proc.stdout
     for name, data in before.items():
         assert (run_dir / name).read_bytes() == data, name
+    again = json.loads((run_dir / "metrics.json").read_text())
+    # a reused target and a loaded decomposition keep the time they took to make; the re-run features stage is timed anew
+    assert [again[f"time/{s}_s"] for s in ("target", "decompose")] == [took[f"time/{s}_s"] for s in ("target", "decompose")]
+    assert again["time/features_s"] != took["time/features_s"]
 
 
 def test_a_toy_target_is_refused_before_any_work(tmp_path: Path) -> None:

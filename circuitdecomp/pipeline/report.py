@@ -3,6 +3,7 @@
 from pathlib import Path
 from typing import Any
 
+from circuitdecomp.config import Stage
 from circuitdecomp.runio import load_metrics, write_text
 
 REPORT_FILE = "report.md"
@@ -43,6 +44,7 @@ def summary_lines(m: dict[str, Any]) -> list[str]:
         keys += [(f"recovery/{f}/{metric}", f"recovery, {f}: {label}") for f in fams]
     keys += [(f"recovery/{f}/units_for_r2_90", f"circuit simplicity, {f}: units a read-out needs for R² 0.9") for f in fams[:2]]
     keys += [("recovery/spurious_frac", "features matching no true feature (spurious share)")]
+    keys += [(f"time/{s.value}_s", f"wall time of the {s.value} stage (s)") for s in Stage if s is not Stage.report]
     return ["| quantity | value |", "|---|---|", *_rows(m, keys)]
 
 

@@ -6,10 +6,13 @@ target is loaded, the decomposition continues from its latest checkpoint (or is 
 """
 
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from circuitdecomp.config import Config, Stage
-from circuitdecomp.runio import Metrics, load_metrics
+from circuitdecomp.runio import Metrics, load_metrics, update_metrics
 from circuitdecomp.tracking import Logger
 
 log = logging.getLogger(__name__)
@@ -21,6 +24,22 @@ def _target_done(run_dir: Path) -> bool:
             and "target/accuracy/min" in load_metrics(run_dir))
 
 
+def _clock(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
+
+
+@contextmanager
+def _timed(stage: Stage, run_dir: Path, record: bool = True) -> Iterator[None]:
+    """Wall time of one stage: logged and, with `record`, kept as `time/<stage>_s` in metrics.json. A stage resumed
+    from a checkpoint records the invocation that finished it; a stage only loaded (finished earlier) keeps its time."""
+    start = time.perf_counter()
+    yield
+    seconds = time.perf_counter() - start
+    if record:
+        update_metrics(run_dir, {f"time/{stage.value}_s": seconds})
+    log.info("stage %s: done in %s", stage.value, _clock(seconds))
+
+
 def run_pipeline(cfg: Config, run_dir: Path, logger: Logger) -> Metrics:
     """Run the stages in `cfg.stages` (all by default) in order; returns the run's metrics."""
     from circuitdecomp.target.run import build_target, load_target_run, target_config  # TransformerLens: seconds
@@ -30,7 +49,8 @@ def run_pipeline(cfg: Config, run_dir: Path, logger: Logger) -> Metrics:
     target_config(cfg)  # a toy target here is a config mistake: fail before any work
     if Stage.target in stages and not _target_done(run_dir):
         log.info("stage target: world %s, target %s", cfg.world.name, cfg.target.kind.value)
-        build_target(cfg, run_dir, logger)
+        with _timed(Stage.target, run_dir):
+            build_target(cfg, run_dir, logger)
     elif Stage.target in stages:
         log.info("stage target: found in %s, reusing it", run_dir)
     needs_model = stages & {Stage.decompose, Stage.features}
@@ -38,21 +58,25 @@ def run_pipeline(cfg: Config, run_dir: Path, logger: Logger) -> Metrics:
         if not _target_done(run_dir):
             raise FileNotFoundError(f"{run_dir} has no finished target (target.safetensors + target metrics): "
                                     "run the target stage first (stages=[target,...])")
-        from circuitdecomp.pipeline.decompose import decompose_target, held_out_batch
+        from circuitdecomp.pipeline.decompose import DECOMPOSITION_FILE, decompose_target, held_out_batch
         from circuitdecomp.pipeline.features import features_stage
 
         world, model = load_target_run(run_dir)
         log.info("stage decompose: %s", ", ".join(f"{m.pattern} (C={m.C or f'{m.C_factor}x width'})" for m in cfg.decomposition.modules))
-        cm, _ = decompose_target(cfg, world, model, run_dir, logger)
+        trains = not (run_dir / DECOMPOSITION_FILE).exists()
+        with _timed(Stage.decompose, run_dir, record=trains):
+            cm, _ = decompose_target(cfg, world, model, run_dir, logger)
         if Stage.features in stages:
             held = held_out_batch(world, cfg.evaluation.n_inputs, cfg.seed + 11)
             log.info("stage features: %d inputs", len(held))
-            features_stage(cfg, world, model, cm, held, run_dir, logger)
+            with _timed(Stage.features, run_dir):
+                features_stage(cfg, world, model, cm, held, run_dir, logger)
     if Stage.baselines in stages:
         from circuitdecomp.baselines.run import run_baselines
 
         log.info("stage baselines")
-        run_baselines(cfg, run_dir, logger)
+        with _timed(Stage.baselines, run_dir):
+            run_baselines(cfg, run_dir, logger)
     if Stage.report in stages:
         from circuitdecomp.pipeline.report import write_report
 
