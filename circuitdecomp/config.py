@@ -67,8 +67,29 @@ class Config(Frozen):
         super().__post_init__()
 
 
+def spd_steps(per_question: int, minimum: int, *, _root_: DictConfig) -> int:
+    """`${spd_steps:per_question,minimum}`: SPD steps for the run's world, max(minimum, per_question x questions).
+
+    Each question type (asked attribute or fact) is its own circuit and a batch carries a fixed share of each kind
+    of question, so a world with more questions gives each circuit fewer inputs per step: the step budget grows
+    with the number of questions, the inputs per circuit stay (docs/results_log.md, session 8: 4000 steps were
+    enough for the demo world's 35 questions and too few for the seed world's 54). `decomposition.steps=<n>` replaces it.
+    """
+    world = _root_.get("world")
+    if world is None or "n_facts" not in world:
+        raise ValueError("decomposition.steps=${spd_steps:...} counts the world's questions, and this config has no "
+                         "world: set decomposition.steps=<number>")
+    if per_question < 1 or minimum < 1:
+        raise ValueError(f"${{spd_steps:{per_question},{minimum}}}: both arguments must be >= 1")
+    asked = world.n_attributes if world.get("attribute_questions") is None else len(world.attribute_questions)
+    return max(minimum, per_question * (asked + world.n_facts))
+
+
 def register() -> None:
-    """Put every schema into Hydra's ConfigStore; YAML files in `configs/` extend these."""
+    """Put every schema into Hydra's ConfigStore and the `spd_steps` resolver into OmegaConf; YAML files in
+    `configs/` extend these."""
+    if not OmegaConf.has_resolver("spd_steps"):
+        OmegaConf.register_new_resolver("spd_steps", spd_steps)
     cs = ConfigStore.instance()
     cs.store(name="schema", node=Config)
     cs.store(group="world", name="schema", node=WorldConfig)

@@ -84,3 +84,25 @@ def test_multirun_sweeps_into_the_default_sweep_dir(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     jobs = sorted((tmp_path / "runs/multirun/decompose").glob("*_tms_5-2/*/metrics.json"))
     assert [p.parent.name for p in jobs] == ["0", "1"]
+
+
+def test_spd_steps_grow_with_the_worlds_questions_and_yield_to_an_override():
+    """configs/decomposition/world.yaml: max(4000, 112 x questions); an explicit decomposition.steps wins."""
+    steps = {w: load_config(_compose([f"world={w}"])).decomposition.steps for w in ("demo", "seed")}
+    assert steps == {"demo": 4000, "seed": 112 * (50 + 4)}
+    wide = load_config(_compose(["world.n_attributes=60", "world.n_animals=600", "world.n_facts=4"])).decomposition.steps
+    assert wide == 112 * (60 + 4)
+    assert load_config(_compose(["world=seed", "decomposition.steps=7"])).decomposition.steps == 7
+
+
+def test_spd_steps_refuses_bad_arguments():
+    from omegaconf import OmegaConf
+
+    from circuitdecomp.config import spd_steps
+
+    root = OmegaConf.create({"world": {"n_attributes": 4, "n_facts": 2, "attribute_questions": [0, 1]}})
+    assert spd_steps(10, 1, _root_=root) == 40  # two asked attributes + two facts
+    with pytest.raises(ValueError, match="no world"):
+        spd_steps(10, 1, _root_=OmegaConf.create({}))
+    with pytest.raises(ValueError, match=">= 1"):
+        spd_steps(0, 1, _root_=root)
