@@ -119,6 +119,9 @@ class DecompositionConfig(Frozen):
     # rounded-CI faithfulness check. Continuous masks keep half of every CI-0 component on average, so a pathway
     # spread over many redundant units can be dropped from CI at half its reconstruction cost (results log, session 6).
     ci_masked_recon_coeff: float = 0.0
+    # The same with the CI rounded at 0.5 (straight-through gradient): exactly the masked model the rounded-CI
+    # faithfulness check runs, so a component the check would drop while the model still needs it is pushed up.
+    rounded_recon_coeff: float = 0.0
     importance_coeff: float = 3e-3
     # Minimality ramps up linearly over this fraction of the steps: rare circuits (inputs seen once every few steps)
     # get their CI functions from reconstruction before sparsity can switch them off (docs/results_log.md).
@@ -164,7 +167,7 @@ class DecompositionConfig(Frozen):
         check(self.warmup_weight_decay >= 0, f"decomposition.warmup_weight_decay={self.warmup_weight_decay} must be >= 0")
         check(self.leak >= 0, f"decomposition.leak={self.leak} must be >= 0")
         for name in ("faithfulness_coeff", "stochastic_recon_coeff", "layerwise_recon_coeff", "subset_recon_coeff",
-                     "ci_masked_recon_coeff", "importance_beta"):
+                     "ci_masked_recon_coeff", "rounded_recon_coeff", "importance_beta"):
             check(getattr(self, name) >= 0, f"decomposition.{name}={getattr(self, name)} must be >= 0 (0 switches it off)")
         check(self.pnorm_final is None or self.pnorm_final > 0, f"decomposition.pnorm_final={self.pnorm_final} must be > 0 or null")
         check(0 <= self.pnorm_anneal_start <= self.pnorm_anneal_end <= 1,

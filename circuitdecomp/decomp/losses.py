@@ -96,6 +96,14 @@ def ci_masks(ci_lower: dict[str, Float[Tensor, "*batch C"]], use_delta: bool) ->
     return {path: MaskInfo(mask=g, delta_mask=delta(g)) for path, g in ci_lower.items()}
 
 
+def rounded_ci_masks_ste(ci_lower: dict[str, Float[Tensor, "*batch C"]], use_delta: bool) -> dict[str, MaskInfo]:
+    """Masks = CI rounded at 0.5 in the forward pass (what the faithfulness check runs), with the CI's own gradient in
+    the backward pass (straight-through): a component the rounded model misses is pushed above 0.5, one it does not
+    need is left to the minimality term."""
+    rounded = {path: g + ((g > 0.5).to(g.dtype) - g).detach() for path, g in ci_lower.items()}
+    return ci_masks(rounded, use_delta)
+
+
 def route_subsets(masks: dict[str, MaskInfo], generator: torch.Generator | None = None) -> dict[str, MaskInfo]:
     """Each position masks a uniformly random non-empty subset of modules; the rest run exactly.
 

@@ -90,11 +90,13 @@ def spd_losses(cm: ComponentModel, batch: Any, cfg: DecompositionConfig, frac: f
         terms["subset_recon"] = subset_recon_loss(run, target_out, masks, cfg.output_loss, gen)
     if cfg.ci_masked_recon_coeff > 0:
         terms["ci_masked_recon"] = L.output_distance(run(L.ci_masks(ci.lower, cfg.use_delta)), target_out, cfg.output_loss)
+    if cfg.rounded_recon_coeff > 0:
+        terms["rounded_recon"] = L.output_distance(run(L.rounded_ci_masks_ste(ci.lower, cfg.use_delta)), target_out, cfg.output_loss)
     p = L.annealed_p(frac, cfg.pnorm, cfg.pnorm_final, cfg.pnorm_anneal_start, cfg.pnorm_anneal_end)
     terms["importance_minimality"] = L.importance_minimality_loss(ci.upper, p, cfg.importance_eps, cfg.importance_beta)
     coeffs = {"faithfulness": cfg.faithfulness_coeff, "stochastic_recon": cfg.stochastic_recon_coeff,
               "layerwise_recon": cfg.layerwise_recon_coeff, "subset_recon": cfg.subset_recon_coeff,
-              "ci_masked_recon": cfg.ci_masked_recon_coeff,
+              "ci_masked_recon": cfg.ci_masked_recon_coeff, "rounded_recon": cfg.rounded_recon_coeff,
               "importance_minimality": cfg.importance_coeff * min(1.0, frac / cfg.importance_warmup_frac if cfg.importance_warmup_frac else 1.0)}
     total = sum(coeffs[k] * v for k, v in terms.items())
     return total, terms, ci
