@@ -18,7 +18,7 @@ TINY = ["target=planted", "world.n_animals=12", "world.n_attributes=4", "world.n
         "evaluation.n_inputs=200", "baselines.train.steps=5", "baselines.widths=[{attributes:1}]", "baselines.l0_factors=[1.0]",
         "baselines.l1_coeffs=[0.01]", "tracking.mode=disabled"]
 KEYS = ["target/accuracy/min", "target/circuits/animals_per_lookup_unit", "decomp/faithfulness/components/relative_accuracy",
-        "decomp/delta_share/blocks.0.mlp.in", "decomp/n_live/blocks.0.mlp.in", "features/n_features",
+        "decomp/faithfulness/ci_masks/relative_accuracy", "decomp/delta_share/blocks.0.mlp.in", "decomp/n_live/blocks.0.mlp.in", "features/n_features",
         "recovery/animals/frac_cos90", "recovery/attributes/frac_cos90", "recovery/animals/coef_recall",
         "recovery/attributes/coef_recall", "recovery/min/coef_recall", "recovery/animals/units_for_r2_90",
         "time/target_s", "time/decompose_s", "time/features_s", "time/baselines_s"]

@@ -105,7 +105,7 @@ def rounded_ci_masks(cm: ComponentModel, delta: bool) -> dict[str, MaskInfo]:
 @torch.no_grad()
 def faithfulness_metrics(cm: ComponentModel, examples: Examples, use_delta: bool) -> Metrics:
     """Accuracy of the masked model (rounded CI) relative to the target's: components only, and (when the decomposition
-    trains a delta component, `use_delta`) components plus the rest W - ΣUV. Without a trained delta the rest is not
+    trains a delta component, `use_delta`) components plus the rest W - ΣUV; also with masks = CI unrounded. Without a trained delta the rest is not
     asked to mean anything, so its score (near 0 on the trained target) is not reported."""
     answer = examples.answer - cm.output_fn.answers_start  # outputs are answer logits (AnswerLogits)
     target = cm.run_target(examples.tokens)
@@ -125,6 +125,9 @@ def faithfulness_metrics(cm: ComponentModel, examples: Examples, use_delta: bool
                 rows = examples.qtype == int(q)
                 if rows.any():
                     out[f"decomp/faithfulness/{name}/accuracy/{q.name}"] = right[rows].float().mean().item()
+    cm.run_target(examples.tokens)  # masks = CI itself: what rounding costs is the gap to the rounded score above
+    soft = cm(examples.tokens, ci_masks(cm.causal_importance().lower, False))
+    out["decomp/faithfulness/ci_masks/relative_accuracy"] = (soft.argmax(-1) == answer).float().mean().item() / max(target_acc, 1e-12)
     out["decomp/faithfulness/target_accuracy"] = target_acc
     return out
 

@@ -34,7 +34,9 @@ def summary_lines(m: dict[str, Any]) -> list[str]:
     keys += [("decomp/faithfulness/components/relative_accuracy",
               "decomposition: accuracy with rounded-CI masks (components only), relative to the target"),
              ("decomp/faithfulness/with_delta/relative_accuracy",
-              "decomposition: accuracy with rounded-CI masks plus the rest W - ΣUV, relative to the target")]
+              "decomposition: accuracy with rounded-CI masks plus the rest W - ΣUV, relative to the target"),
+             ("decomp/faithfulness/ci_masks/relative_accuracy",
+              "decomposition: accuracy with masks = CI (unrounded), relative to the target")]
     keys += [(k, f"decomposition: share of {k.split('/')[-1]}'s action outside the components (W - ΣUV)")
              for k in sorted(m) if k.startswith("decomp/delta_share/")]
     keys += [(k, f"decomposition: live components in {k.split('/')[-1]}") for k in sorted(m) if k.startswith("decomp/n_live/")]
