@@ -150,57 +150,55 @@ def test_pgd_masks_find_a_worse_reconstruction_than_random():
     assert all(p.grad is None for p in cm.named_trainables().values())
 
 
-def test_ci_masked_recon_ablates_components_with_ci_zero():
-    """y = 1 x1 + 2 x2 from two exact rank-1 components; CI (1, 0) drops the second: loss = mean((2 x2)^2)."""
+def _two_component_model(ci: tuple[float, float], **coeffs: float):
+    """y = 1 x1 + 2 x2 as two exact rank-1 components (neuron init, input side), CI fixed at `ci` (the CI function's
+    output bias, weights zeroed); only the loss terms in `coeffs` are on. Returns (cm, cfg, CI bias)."""
     from circuitdecomp.decomp.config import InitKind, ModuleSpec
     from circuitdecomp.decomp.model import ComponentModel
-    from circuitdecomp.decomp.train import spd_losses
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 1, bias=False))
     with torch.no_grad():
         model[0].weight.copy_(torch.tensor([[1.0, 2.0]]))
     cfg = DecompositionConfig(modules=[ModuleSpec("0", 2)], init=InitKind.neurons, use_delta=False, compile=False,
-                              stochastic_recon_coeff=0.0, layerwise_recon_coeff=0.0, ci_masked_recon_coeff=1.0,
-                              importance_coeff=0.0)
-    cm = ComponentModel(model, cfg)  # neuron init on the input side: component c = input c, exact
+                              stochastic_recon_coeff=0.0, layerwise_recon_coeff=0.0, importance_coeff=0.0, **coeffs)
+    cm = ComponentModel(model, cfg)
     fn = cm.ci_fns["0"]
-    with torch.no_grad():  # CI = clamp(output bias): component 0 fully important, component 1 not at all
+    with torch.no_grad():
         fn.weights[-1].zero_()
-        fn.biases[-1].copy_(torch.tensor([[2.0], [-1.0]]))
-    x = torch.tensor([[1.0, 1.0], [0.0, 3.0], [2.0, 0.0]])
+        fn.biases[-1].copy_(torch.tensor([[ci[0]], [ci[1]]]))
+    return cm, cfg, fn.biases[-1]
+
+
+TWO_X = torch.tensor([[1.0, 1.0], [0.0, 3.0], [2.0, 0.0]])
+
+
+def test_ci_masked_recon_ablates_components_with_ci_zero():
+    """CI (1, 0) drops the second component: loss = mean((2 x2)^2)."""
+    from circuitdecomp.decomp.train import spd_losses
+
+    cm, cfg, bias = _two_component_model((2.0, -1.0), ci_masked_recon_coeff=1.0)  # CI = clamp(bias): 1 and 0
+    x = TWO_X
     total, terms, _ = spd_losses(cm, x, cfg, 1.0, torch.Generator().manual_seed(0))
     expected = ((2 * x[:, 1]) ** 2).mean().item()  # 13/3
     assert math.isclose(terms["ci_masked_recon"].item(), expected, rel_tol=1e-6)
     assert math.isclose(total.item(), expected, rel_tol=1e-6)
     with torch.no_grad():
-        fn.biases[-1].fill_(2.0)  # every CI 1: the exact components reproduce the target
+        bias.fill_(2.0)  # every CI 1: the exact components reproduce the target
     assert spd_losses(cm, x, cfg, 1.0, torch.Generator())[1]["ci_masked_recon"].item() < 1e-10
 
 
 def test_rounded_recon_runs_the_rounded_model_and_pushes_a_needed_ci_up():
-    """y = 1 x1 + 2 x2; CI (1, 0.4): the rounded model drops component 2 (loss = mean((2 x2)^2), not the continuous
-    mean((1.2 x2)^2)), and the straight-through gradient raises component 2's CI, which the rounded model needs."""
-    from circuitdecomp.decomp.config import InitKind, ModuleSpec
-    from circuitdecomp.decomp.model import ComponentModel
+    """CI (1, 0.4): the rounded model drops component 2 (loss = mean((2 x2)^2), not the continuous mean((1.2 x2)^2)),
+    and the straight-through gradient raises component 2's CI, which the rounded model needs."""
     from circuitdecomp.decomp.train import spd_losses
 
-    model = torch.nn.Sequential(torch.nn.Linear(2, 1, bias=False))
-    with torch.no_grad():
-        model[0].weight.copy_(torch.tensor([[1.0, 2.0]]))
-    cfg = DecompositionConfig(modules=[ModuleSpec("0", 2)], init=InitKind.neurons, use_delta=False, compile=False,
-                              stochastic_recon_coeff=0.0, layerwise_recon_coeff=0.0, rounded_recon_coeff=1.0,
-                              importance_coeff=0.0)
-    cm = ComponentModel(model, cfg)
-    fn = cm.ci_fns["0"]
-    with torch.no_grad():
-        fn.weights[-1].zero_()
-        fn.biases[-1].copy_(torch.tensor([[2.0], [0.4]]))
-    x = torch.tensor([[1.0, 1.0], [0.0, 3.0], [2.0, 0.0]])
+    cm, cfg, bias = _two_component_model((2.0, 0.4), rounded_recon_coeff=1.0)
+    x = TWO_X
     total, terms, _ = spd_losses(cm, x, cfg, 1.0, torch.Generator().manual_seed(0))
     assert set(terms) == {"rounded_recon", "importance_minimality"}
     assert math.isclose(terms["rounded_recon"].item(), ((2 * x[:, 1]) ** 2).mean().item(), rel_tol=1e-6)
     total.backward()
-    assert fn.biases[-1].grad[1].item() < 0  # gradient descent raises CI 0.4 towards keeping the component
+    assert bias.grad[1].item() < 0  # gradient descent raises CI 0.4 towards keeping the component
     with torch.no_grad():
-        fn.biases[-1].copy_(torch.tensor([[2.0], [0.6]]))  # rounded up: the exact components, loss 0
+        bias.copy_(torch.tensor([[2.0], [0.6]]))  # rounded up: the exact components, loss 0
     assert spd_losses(cm, x, cfg, 1.0, torch.Generator())[1]["rounded_recon"].item() < 1e-10
