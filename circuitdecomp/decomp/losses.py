@@ -100,7 +100,7 @@ def rounded_ci_masks_ste(ci_lower: dict[str, Float[Tensor, "*batch C"]], use_del
     """Masks = CI rounded at 0.5 in the forward pass (what the faithfulness check runs), with the CI's own gradient in
     the backward pass (straight-through): a component the rounded model misses is pushed above 0.5, one it does not
     need is left to the minimality term."""
-    rounded = {path: g + ((g > 0.5).to(g.dtype) - g).detach() for path, g in ci_lower.items()}
+    rounded = {path: (g > 0.5).to(g.dtype) + (g - g.detach()) for path, g in ci_lower.items()}  # forward exactly 0/1
     return ci_masks(rounded, use_delta)
 
 

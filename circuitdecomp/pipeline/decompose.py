@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from circuitdecomp.config import Config
 from circuitdecomp.decomp.components import MaskInfo
-from circuitdecomp.decomp.losses import ci_masks
+from circuitdecomp.decomp.losses import ci_masks, rounded_ci_masks_ste
 from circuitdecomp.decomp.model import ComponentModel
 from circuitdecomp.decomp.train import ci_l0, train_decomposition
 from circuitdecomp.runio import Metrics, load_tensors, save_figure, save_tensors, update_metrics
@@ -99,14 +99,15 @@ def held_out_batch(world: World, n: int, seed: int) -> Examples:
 @torch.no_grad()
 def rounded_ci_masks(cm: ComponentModel, delta: bool) -> dict[str, MaskInfo]:
     """Masks = CI rounded to {0, 1} (the decomposition's claim of what each input needs), delta on or off."""
-    return ci_masks({path: (g > 0.5).to(g.dtype) for path, g in cm.causal_importance().lower.items()}, delta)
+    return rounded_ci_masks_ste(cm.causal_importance().lower, delta)  # the training term's cut (no grad here)
 
 
 @torch.no_grad()
 def faithfulness_metrics(cm: ComponentModel, examples: Examples, use_delta: bool) -> Metrics:
     """Accuracy of the masked model (rounded CI) relative to the target's: components only, and (when the decomposition
-    trains a delta component, `use_delta`) components plus the rest W - ΣUV; also with masks = CI unrounded. Without a trained delta the rest is not
-    asked to mean anything, so its score (near 0 on the trained target) is not reported."""
+    trains a delta component, `use_delta`) components plus the rest W - ΣUV; also with masks = CI unrounded. Without
+    a trained delta the rest is not asked to mean anything, so its score (near 0 on the trained target) is not
+    reported."""
     answer = examples.answer - cm.output_fn.answers_start  # outputs are answer logits (AnswerLogits)
     target = cm.run_target(examples.tokens)
     target_acc = (target.argmax(-1) == answer).float().mean().item()
