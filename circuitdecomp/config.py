@@ -28,7 +28,8 @@ class Stage(str, Enum):
 
     target = "target"  # world + target (trained or planted) + its checks
     decompose = "decompose"  # SPD on the target
-    features = "features"  # features from circuits, scored against ground truth
+    features = "features"  # features from circuits and the controls, scored against ground truth
+    random_start = "random_start"  # the same SPD and features from a random start (what SPD finds by itself)
     baselines = "baselines"  # SAE sweep on the same inputs, scored by the same code
     report = "report"  # report.md
 

@@ -59,6 +59,25 @@ class NullLogger:
         pass
 
 
+class PrefixedLogger:
+    """Logs to `inner` under `prefix/` (a second decomposition in one run keeps its own keys)."""
+
+    def __init__(self, inner: Logger, prefix: str) -> None:
+        self.inner, self.prefix = inner, prefix
+
+    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.inner.log({f"{self.prefix}/{k}": v for k, v in metrics.items()}, step)
+
+    def log_figure(self, key: str, fig: Any, step: int | None = None) -> None:
+        self.inner.log_figure(f"{self.prefix}/{key}", fig, step)
+
+    def log_artifact(self, path: Path, name: str, kind: str) -> None:
+        self.inner.log_artifact(path, f"{self.prefix}-{name}", kind)
+
+    def finish(self) -> None:
+        pass  # the inner logger's run outlives the prefix
+
+
 class WandbLogger:
     """Logs to a wandb run whose files live inside the run directory."""
 

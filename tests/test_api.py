@@ -10,6 +10,7 @@ from torch import nn
 
 import circuitdecomp
 from circuitdecomp import DecompositionConfig, decompose
+from circuitdecomp.decomp.span import data_span, project_onto
 
 from conftest import REPO
 
@@ -161,3 +162,88 @@ def test_planted_recovery_over_ten_planted_models():
         live_counts |= {len(v) for v in dec.live_components(next(sparse_mechanism_inputs(A, 4096, seed=5))).values()}
     print(f"min |cos| over 10 planted models x 32 directions: {worst:.3f}; live components per matrix: {live_counts}")
     assert worst > 0.99 and live_counts == {8}
+
+
+def test_data_span_and_projection_by_hand():
+    basis = data_span(torch.tensor([[1.0, 0, 0], [2, 0, 0], [0, 3, 0]]))
+    assert basis.shape == (2, 3) and torch.allclose(basis @ basis.T, torch.eye(2), atol=1e-6)
+    assert torch.allclose(project_onto(torch.tensor([[1.0, 2, 3], [0, 0, 7]]), basis), torch.tensor([[1.0, 2, 0], [0, 0, 0]]),
+                          atol=1e-6)
+    line = data_span(torch.tensor([[1.0, 2], [1, 2], [1, 2]]))  # the span, not the affine span (which is a point)
+    assert line.shape == (1, 2) and torch.allclose(line.abs(), torch.tensor([[1.0, 2]]) / 5**0.5)
+    assert torch.allclose(project_onto(torch.tensor([[1.0, 0, 5]]), data_span(torch.tensor([[1.0, 1, 0], [2, 2, 0]]))),
+                          torch.tensor([[0.5, 0.5, 0]]), atol=1e-6)
+    assert data_span(torch.zeros(4, 3)).shape == (0, 3)
+    assert torch.equal(project_onto(torch.ones(2, 3), data_span(torch.zeros(4, 3))), torch.zeros(2, 3))
+    gen = torch.Generator().manual_seed(0)
+    M = torch.randn(3, 5, generator=gen)
+    tall = torch.randn(20_000, 3, generator=gen) @ M  # more rows than one QR chunk
+    assert data_span(tall).shape == (3, 5) and torch.allclose(project_onto(M, data_span(tall)), M, atol=1e-5)
+    noisy = tall + 1e-7 * torch.randn(20_000, 5, generator=gen)  # round-off-sized mass off the span
+    assert data_span(noisy).shape == (3, 5) and data_span(noisy, rel_tol=1e-12).shape == (5, 5)
+    with pytest.raises(ValueError, match=r"data_span: x has shape \(0, 3\): empty"):
+        data_span(torch.zeros(0, 3))
+    with pytest.raises(ValueError, match=r"rows \(2, 4\) and basis \(2, 3\) must be .* the same d"):
+        project_onto(torch.ones(2, 4), basis)
+    with pytest.raises(ValueError, match=r"rel_tol=0.0 must be in \(0, 1\)"):
+        data_span(tall, rel_tol=0.0)
+
+
+def subspace_mlp(n: int = 10, d: int = 20, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    """y = sum_k relu(<a_k, x>) b_k: n orthonormal reads a_k spanning a random n-dim subspace of R^d, orthonormal b_k."""
+    gen = torch.Generator().manual_seed(seed)
+    A = torch.linalg.qr(torch.randn(d, d, generator=gen))[0][:n]
+    B = torch.linalg.qr(torch.randn(d, n, generator=gen))[0]
+    model = nn.Sequential(nn.Linear(d, n, bias=False), nn.ReLU(), nn.Linear(n, d, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(A)
+        model[2].weight.copy_(B)
+    return model.requires_grad_(False), A
+
+
+def test_directions_are_projected_onto_the_data_span():
+    """Inputs span 10 of 20 dims: nothing trains V there, so raw reads miss the planted a_k; projected ones match."""
+    model, A = subspace_mlp()
+    cfg = DecompositionConfig(steps=1000, batch_size=256, lr=3e-3, warmup_steps=100, importance_coeff=3e-3,
+                              compile=False, eval_every=10**6)
+    dec = decompose(model, {"0": 20}, sparse_mechanism_inputs(A, 256, p=0.05), cfg, seed=0)
+    batch = next(sparse_mechanism_inputs(A, 4096, p=0.05, seed=5))
+    proj, raw = dec.directions(batch)["0"], dec.directions(batch, project=False)["0"]
+    assert torch.equal(proj.components, raw.components) and 10 <= len(proj.components) <= 11
+    cos = (proj.read @ A.T).abs()  # [live, planted]
+    assert (cos.max(0).values >= 0.95).all() and (cos.max(1).values >= 0.95).sum() >= 10, cos.max(0).values
+    assert torch.allclose(proj.read @ A.T @ A, proj.read, atol=1e-5)  # inside span(a_k) = span of the inputs
+    assert torch.allclose(proj.read.norm(dim=1), torch.ones(len(proj.components)))
+    V = dec.V("0")[:, raw.components].T
+    assert torch.allclose(raw.read, V / V.norm(dim=1, keepdim=True))  # project=False: the raw V columns
+    assert torch.allclose(raw.read_inside, (raw.read @ A.T).norm(dim=1), atol=1e-5)  # |P v| / |v| by hand
+    assert torch.equal(proj.read_inside, raw.read_inside) and raw.read_inside.median() < 0.95  # mass was cut
+    assert ((raw.read @ A.T).abs().max(1).values >= 0.95).sum() < 10  # ... which the raw reads needed
+    assert torch.allclose(proj.write_inside, torch.ones(len(proj.components)), atol=1e-4)  # outputs x A^T span R^10
+
+
+def test_directions_outside_the_data_are_zero_rows_not_nans():
+    dec = decompose(_frozen_mlp(), {"0": 5}, _batches(), CFG)
+    with torch.no_grad():
+        dec.cm.component("0").V[:, 0] = torch.tensor([0.0, 0, 0, 0, 0, 1])  # reads only the never-visited e_5
+        dec.cm.component("0").V[:, 1] = 0.0
+    x = torch.rand(16, 6) * torch.tensor([1.0, 1, 1, 1, 1, 0])
+    for project in (True, False):
+        d = dec.directions(x, threshold=-1.0, project=project)["0"]  # -1: every component live
+        assert torch.equal(d.components, torch.arange(5)) and not d.read.isnan().any() and not d.write.isnan().any()
+        assert d.read_inside[0] == 0 and d.read_inside[1] == 0 and (d.read_inside[2:] > 0).all()
+        assert torch.equal(d.read[1], torch.zeros(6)) and torch.equal(d.read[0], torch.zeros(6) if project else torch.eye(6)[5])
+
+
+def test_embedding_directions_keep_the_tokens_seen():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 3)).requires_grad_(False)
+    tokens = (torch.randint(0, 10, (32, 3)) for _ in itertools.count())
+    dec = decompose(model, {"0": 3}, tokens, CFG)
+    x = torch.tensor([[0, 1, 2], [2, 1, 0]])  # the one-hot inputs span e_0, e_1, e_2; the outputs rows 0-2 of the table
+    proj, raw = dec.directions(x, threshold=-1.0)["0"], dec.directions(x, threshold=-1.0, project=False)["0"]
+    assert torch.allclose(proj.read_inside, raw.read[:, :3].norm(dim=1)) and torch.equal(proj.read[:, 3:], torch.zeros(3, 7))
+    assert torch.allclose(proj.read[:, :3], raw.read[:, :3] / raw.read[:, :3].norm(dim=1, keepdim=True))
+    Q = torch.linalg.qr(model[0].weight[:3].T)[0]  # orthonormal basis of span(W^T[0], W^T[1], W^T[2]) in R^4
+    assert torch.allclose(proj.write @ Q @ Q.T, proj.write, atol=1e-5)
+    assert torch.allclose(proj.write_inside, (raw.write @ Q).norm(dim=1), atol=1e-5)

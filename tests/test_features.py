@@ -4,7 +4,8 @@ import torch
 
 from circuitdecomp.evaluate.recovery import Family, GroundTruth, Units, score_recovery
 from circuitdecomp.features.config import FeaturesConfig
-from circuitdecomp.features.extract import Candidate, candidates, extract_features, span_basis
+from circuitdecomp.decomp.span import data_span
+from circuitdecomp.features.extract import Candidate, candidates, extract_features
 
 
 def _world(n_attr: int = 6, n_animals: int = 20, d_model: int = 10, seed: int = 0):
@@ -35,7 +36,7 @@ def _planted_candidates(u, v, entity, resid):
 
 def test_planted_components_give_both_families_with_true_coefficients() -> None:
     u, v, values, entity, resid = _world()
-    subspace = span_basis(v)  # what the entity token writes
+    subspace = data_span(v)  # what the entity token writes
     feats = extract_features(_planted_candidates(u, v, entity, resid), resid, subspace, FeaturesConfig())
     assert len(feats) == v.shape[0] + u.shape[0]  # the two u_j readers merged; the question direction projected away
     animals = torch.zeros(len(entity), v.shape[0])
@@ -60,7 +61,7 @@ def test_planted_components_give_both_families_with_true_coefficients() -> None:
 def test_without_the_gate_animal_coefficients_fail() -> None:
     """The gate is what makes look-up features sparse: plain projections of v_i are dense (the thesis metric sees it)."""
     u, v, values, entity, resid = _world()
-    feats = extract_features(_planted_candidates(u, v, entity, resid), resid, span_basis(v), FeaturesConfig(gate=False))
+    feats = extract_features(_planted_candidates(u, v, entity, resid), resid, data_span(v), FeaturesConfig(gate=False))
     animals = torch.zeros(len(entity), v.shape[0])
     animals[torch.arange(len(entity)), entity] = 1.0
     truth = GroundTruth((Family("animals", v, animals),))
@@ -86,7 +87,7 @@ def test_directions_outside_the_subspace_are_dropped() -> None:
     u, v, values, entity, resid = _world()
     q = torch.eye(10)[-1]
     cands = [Candidate("attn.v", 0, "read", q, torch.ones(len(entity)))]  # reads only the question
-    feats = extract_features(cands, resid, span_basis(v), FeaturesConfig())
+    feats = extract_features(cands, resid, data_span(v), FeaturesConfig())
     assert len(feats) == 0
 
 
@@ -133,8 +134,52 @@ def test_features_fitted_on_one_sample_are_valued_on_another() -> None:
     from circuitdecomp.features.extract import apply_features
 
     u, v, values, entity, resid = _world()
-    feats = extract_features(_planted_candidates(u, v, entity, resid), resid, span_basis(v), FeaturesConfig())
+    feats = extract_features(_planted_candidates(u, v, entity, resid), resid, data_span(v), FeaturesConfig())
     half = torch.arange(len(entity)) % 2 == 0
     moved = apply_features(feats, resid[half])
     assert torch.allclose(moved.values, feats.values[half], atol=1e-6)
     assert torch.equal(moved.directions, feats.directions)
+
+
+def test_neuron_control_reads_rows_of_readers_and_columns_of_writers() -> None:
+    """Each unit of a reader is its row with importance from its (rectified) output; each unit of a writer its column
+    with importance from its input coordinate; units that never move are left out."""
+    from circuitdecomp.features.controls import neuron_candidates
+
+    d = 4
+    W_in = torch.tensor([[1.0, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 0, 0.5]])  # 3 hidden units read the residual
+    W_out = torch.tensor([[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0], [0, 0, 0]])  # writes it back: [d_model, 3]
+    x = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [-1.0, 0, 0, 0]])
+    h = torch.tensor([[1.0, 0, 0], [0, 2.0, 0], [0, 0, 0]])  # unit 2 never fires
+    cfg = FeaturesConfig(read_patterns=["mlp.in"], write_patterns=["mlp.out"], rectified_reads=["mlp.in"])
+    cands = neuron_candidates({"mlp.in": W_in, "mlp.out": W_out}, {"mlp.in": None, "mlp.out": None},
+                              {"mlp.in": x, "mlp.out": h}, d, cfg)
+    got = {(c.module, c.component, c.role) for c in cands}
+    assert got == {("mlp.in", 0, "read"), ("mlp.in", 1, "read"), ("mlp.out", 0, "write"), ("mlp.out", 1, "write")}
+    read0 = next(c for c in cands if c.module == "mlp.in" and c.component == 0)
+    assert torch.equal(read0.direction, W_in[0]) and torch.equal(read0.ci, torch.tensor([1.0, 0.0, 0.0]))  # ReLU: -1 -> 0
+    write1 = next(c for c in cands if c.module == "mlp.out" and c.component == 1)
+    assert torch.equal(write1.direction, W_out[:, 1]) and torch.equal(write1.ci, torch.tensor([0.0, 1.0, 0.0]))
+    unrectified = neuron_candidates({"mlp.in": W_in}, {"mlp.in": None}, {"mlp.in": x}, d,
+                                    FeaturesConfig(read_patterns=["mlp.in"], write_patterns=[], rectified_reads=[]))
+    assert torch.equal(next(c for c in unrectified if c.component == 0).ci, torch.tensor([1.0, 0.0, 1.0]))  # |a|
+
+
+def test_neuron_control_on_a_planted_target_finds_what_its_units_hold() -> None:
+    """A target whose units are the planted look-ups gives the animals away with no decomposition: the control scores
+    them, through the same extraction as the decomposition's components."""
+    from circuitdecomp.features.controls import neuron_candidates
+
+    u, v, values, entity, resid = _world()
+    W_in = 4 * v  # one unit per animal, thresholded below its own animal's projection
+    nearest = (v @ v.T - 2 * torch.eye(v.shape[0])).amax(dim=1)  # cos with the nearest other animal
+    b = -4 * (1 + nearest) / 2  # the unit fires midway between its own animal's projection and the nearest other's
+    cfg = FeaturesConfig(read_patterns=["mlp.in"], write_patterns=[])
+    cands = neuron_candidates({"mlp.in": W_in}, {"mlp.in": b}, {"mlp.in": resid}, 10, cfg)
+    feats = extract_features(cands, resid, data_span(v), cfg)
+    animals = torch.zeros(len(entity), v.shape[0])
+    animals[torch.arange(len(entity)), entity] = 1.0
+    truth = GroundTruth((Family("animals", v, animals), Family("attributes", u, values[entity])))
+    result = score_recovery(Units(feats.directions, feats.values), truth)
+    assert result.family("animals").full.directions.one_to_one_frac_cos90 == 1.0
+    assert result.family("attributes").full.directions.one_to_one_frac_cos90 < 0.5

@@ -21,9 +21,18 @@ KEYS = ["target/accuracy/min", "target/circuits/animals_per_lookup_unit", "decom
         "decomp/faithfulness/ci_masks/relative_accuracy", "decomp/delta_share/blocks.0.mlp.in", "decomp/n_live/blocks.0.mlp.in", "features/n_features",
         "recovery/animals/frac_cos90", "recovery/attributes/frac_cos90", "recovery/animals/coef_recall",
         "recovery/attributes/coef_recall", "recovery/min/coef_recall", "recovery/animals/units_for_r2_90",
-        "time/target_s", "time/decompose_s", "time/features_s", "time/baselines_s"]
+        "time/target_s", "time/decompose_s", "time/features_s", "time/baselines_s", "time/random_start_s",
+        # honest scores: one-to-one headline, every projection, the controls, SPD from a random start, the weights
+        "recovery/animals/one_to_one_frac_cos90", "recovery/min/one_to_one_frac_cos90", "recovery/min/one_to_one_coef_recall",
+        "recovery_raw/min/one_to_one_frac_cos90", "recovery_data/min/one_to_one_frac_cos90",
+        "recovery_tokens/min/one_to_one_frac_cos90", "controls/neurons/recovery/min/one_to_one_frac_cos90",
+        "controls/neurons/recovery/animals/coef_recall", "controls/random/recovery/min/one_to_one_frac_cos90",
+        "spd_random_start/recovery/min/one_to_one_frac_cos90", "spd_random_start/decomp/faithfulness/components/relative_accuracy",
+        "decomp/weight_share_outside/blocks.0.mlp.in", "decomp/faithfulness/with_remainder/relative_accuracy",
+        "features/n_fit_inputs", "features/n_scored_inputs"]
 FILES = ["config.yaml", "world.safetensors", "target.safetensors", "decomposition.safetensors", "features.safetensors",
-         "features.json", "metrics.json", "report.md", "ci_by_question.png", "recovery.png", "target_circuits.png"]
+         "features.json", "controls.safetensors", "metrics.json", "report.md", "ci_by_question.png", "recovery.png",
+         "target_circuits.png", "spd_random_start/decomposition.safetensors", "spd_random_start/features.safetensors"]
 
 
 def _run(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -52,16 +61,29 @@ def test_every_artifact_and_metric_key(run_dir: Path) -> None:
     missing = [k for k in KEYS if k not in metrics]
     assert not missing, missing
     assert metrics["target/accuracy/min"] == 1.0  # the planted target is exact
-    # configs/decomposition/world.yaml trains no delta component: the untrained rest W - ΣUV is not scored
-    assert not [k for k in metrics if "/with_delta/" in k]
+    assert not [k for k in metrics if "/with_delta/" in k]  # the remainder W - ΣUV is scored as with_remainder
     feats = load_tensors(run_dir / "features.safetensors")
     n = metrics["features/n_features"]
-    assert feats["directions"].shape[0] == n and feats["values"].shape[1] == n and 100 < feats["values"].shape[0] <= 200
+    # scored on at most half the world's inputs (the other half is left to fit on)
+    assert feats["directions"].shape[0] == n and feats["values"].shape[1] == n
+    assert feats["values"].shape[0] == min(200, _n_world_inputs(run_dir) // 2)
     assert torch.allclose(feats["directions"].norm(dim=1), torch.ones(n), atol=1e-5)
     prov = json.loads((run_dir / "features.json").read_text())
     assert prov["n_features"] == n and all(f["members"] for f in prov["features"])
     report = (run_dir / "report.md").read_text()
     assert "recovery, animals" in report and "![recovery](recovery.png)" in report
+    for row in ("SPD features (the recipe)", "SPD features, random start", "no decomposition: the target's own units",
+                "random directions (chance)"):
+        assert f"| {row} |" in report, row
+    table = (run_dir / "thesis_table.md").read_text()
+    for row in ("features from circuits |", "SPD from a random start |", "the target's own units |", "as many as the features |"):
+        assert row in table, row
+    # features are fitted on inputs disjoint from the scored ones
+    assert metrics["features/n_fit_inputs"] + metrics["features/n_scored_inputs"] <= _n_world_inputs(run_dir)
+
+
+def _n_world_inputs(run_dir: Path) -> int:
+    return int(load_tensors(run_dir / "world.safetensors")["examples_answer"].shape[0])
 
 
 def test_rerun_reuses_finished_stages(run_dir: Path) -> None:

@@ -26,26 +26,40 @@ log = logging.getLogger(__name__)
 TABLE = "thesis_table"  # .md, .json (rows, to re-render with more rows), .png; report.md includes the .md
 SAE_FILE = "baselines.safetensors"
 FEATURES, HALF_SIZE, RANDOM = "features from circuits", "half-size dictionary", "random dictionary"
+FEATURES_RANDOM_START = "features from circuits, SPD from a random start"
+NEURONS = "no decomposition: the target's own units"
+RANDOM_DIRECTIONS = "random directions, as many as the features"
 
 
-def features_row(run_dir: Path, data: ReadoutData, size_attribute: int, recovery: RecoveryConfig) -> Row | None:
-    """The features-from-circuits row, when the features stage has left its file in the run dir (None otherwise)."""
-    from circuitdecomp.pipeline.features import FEATURES_FILE
-
-    path = Path(run_dir) / FEATURES_FILE
+def saved_row(path: Path, prefix: str, name: str, data: ReadoutData, size_attribute: int, recovery: RecoveryConfig) -> Row | None:
+    """A row for a dictionary an earlier stage saved (`<prefix>directions`, `<prefix>values` in `path`), None when
+    the file is not there or holds no units."""
     if not path.exists():
         return None
     saved = load_tensors(path)
-    require_keys(saved, ["directions", "values"], path)
-    n_inputs, n_features = saved["values"].shape
+    require_keys(saved, [f"{prefix}directions", f"{prefix}values"], path)
+    n_inputs, n_units = saved[f"{prefix}values"].shape
     check(n_inputs == data.truth.n_inputs,
           f"{path} has values on {n_inputs} inputs, the baselines score on {data.truth.n_inputs}: run the features stage "
           "again with the same evaluation.n_inputs and seed")
-    if n_features == 0:
-        log.warning("%s holds no features: the thesis table has no features row", path)
+    if n_units == 0:
+        log.warning("%s holds no %s: the thesis table has no row for them", path, name)
         return None
-    units = Units(saved["directions"], saved["values"])
-    return score_entry(FEATURES, Entry(units, note=f"{n_features} features from {FEATURES_FILE}"), data.truth, size_attribute, recovery)[0]
+    units = Units(saved[f"{prefix}directions"], saved[f"{prefix}values"])
+    return score_entry(name, Entry(units, note=f"{n_units} units from {path.name}"), data.truth, size_attribute, recovery)[0]
+
+
+def decomposition_rows(run_dir: Path, data: ReadoutData, size_attribute: int, recovery: RecoveryConfig) -> list[Row]:
+    """The rows of the features stage, when it has run: SPD features (the recipe, and from a random start) and the
+    no-decomposition and random controls, each scored like the SAEs."""
+    from circuitdecomp.pipeline.features import CONTROLS_FILE, FEATURES_FILE
+    from circuitdecomp.pipeline.run import RANDOM_START
+
+    run_dir = Path(run_dir)
+    sources = [(run_dir / FEATURES_FILE, "", FEATURES), (run_dir / RANDOM_START / FEATURES_FILE, "", FEATURES_RANDOM_START),
+               (run_dir / CONTROLS_FILE, "neurons/", NEURONS), (run_dir / CONTROLS_FILE, "random/", RANDOM_DIRECTIONS)]
+    rows = [saved_row(path, prefix, name, data, size_attribute, recovery) for path, prefix, name in sources]
+    return [r for r in rows if r is not None]
 
 
 def reference_rows(world: World, data: ReadoutData, recovery: RecoveryConfig, seed: int) -> list[Row]:
@@ -64,8 +78,8 @@ def reference_rows(world: World, data: ReadoutData, recovery: RecoveryConfig, se
 def run_baselines(cfg: Config, run_dir: Path, logger: Logger, out_dir: Path | None = None) -> Metrics:
     """Train and score the SAE sweep on the target of `run_dir`; writes table, figure, SAEs and metrics to `out_dir` (default run_dir).
 
-    The table gets a features-from-circuits row on top when `run_dir` holds the features stage's `features.safetensors`
-    (values on the same held-out inputs). The sweep resumes: an interrupted run re-run with the same settings and
+    The table gets the features stage's rows on top (features from circuits, from a random start, the neuron and
+    random controls) when `run_dir` holds them (values on the same held-out inputs). The sweep resumes: an interrupted run re-run with the same settings and
     `out_dir` loads the SAEs it finished and continues the one it was training (`run_sweep`).
     """
     from circuitdecomp.pipeline.decompose import held_out_batch
@@ -86,9 +100,7 @@ def run_baselines(cfg: Config, run_dir: Path, logger: Logger, out_dir: Path | No
                         sweep_fingerprint(cfg, load_run(Path(run_dir)).config))
 
     table, keys = baseline_table(results, reference_rows(world, data, recovery, cfg.seed), b.practitioner_max_l0)
-    features = features_row(Path(run_dir), data, world.cfg.size_attribute, recovery)
-    if features is not None:
-        table = table.with_rows_first([features])
+    table = table.with_rows_first(decomposition_rows(Path(run_dir), data, world.cfg.size_attribute, recovery))
     metrics: Metrics = {k: v for r in results for k, v in r.metrics.items()}
     metrics |= {f"baselines/true_l0/{f}": v for f, v in l0s.items()}
     metrics |= table.metrics(keys)

@@ -28,17 +28,21 @@ class Column:
     higher_is_better: bool | None  # None: not a score (L0)
 
 
-COLUMNS = (
-    Column("animals/frac_cos90", "animals cos≥0.9", True),
+COLUMNS = (  # one-to-one first: a unit counts for one true feature, so one dictionary cannot serve both families twice
+    Column("animals/one_to_one_frac_cos90", "animals 1:1 cos≥0.9", True),
+    Column("attributes/one_to_one_frac_cos90", "attributes 1:1 cos≥0.9", True),
+    Column("min/one_to_one_frac_cos90", "min 1:1 cos≥0.9", True),
+    Column("animals/frac_cos90", "animals best cos≥0.9", True),
+    Column("attributes/frac_cos90", "attributes best cos≥0.9", True),
     Column("animals/coef_recall", "animals coef recall", True),
-    Column("animals/coef_r2", "animals coef R²", True),
-    Column("attributes/frac_cos90", "attributes cos≥0.9", True),
     Column("attributes/coef_recall", "attributes coef recall", True),
-    Column("attributes/coef_r2", "attributes coef R²", True),
-    Column("min/frac_cos90", "min cos≥0.9", True),
     Column("min/coef_recall", "min coef recall", True),
+    Column("animals/coef_r2", "animals coef R²", True),
+    Column("attributes/coef_r2", "attributes coef R²", True),
     Column("units_read_size", "units to read size", False),
     Column("units_read_animal", "units to read an animal", False),
+    Column("n_units", "units", None),
+    Column("spurious_frac", "spurious", None),
     Column("fve", "FVE", True),
     Column("l0", "L0", None),
 )
@@ -72,10 +76,13 @@ def score_entry(
     result = score_recovery(entry.units, truth, cfg)
     metrics = to_metrics(result)
     geo = "subspace/" if subspace else ""
-    values = {f"{f}/{m}": metrics[f"recovery/{f}/{geo}{m}"] for f in (*FAMILIES, "min") for m in ("frac_cos90", "coef_recall")}
+    values = {f"{f}/{m}": metrics[f"recovery/{f}/{geo}{m}"] for f in (*FAMILIES, "min")
+              for m in ("one_to_one_frac_cos90", "frac_cos90", "coef_recall")}
     values |= {f"{f}/coef_r2": metrics[f"recovery/{f}/{geo}coef_r2"] for f in FAMILIES}
     values["units_read_size"] = _units_to_read(result, "attributes", size_attribute, cfg.probe_max_units)
     values["units_read_animal"] = metrics["recovery/animals/units_for_r2_90"]
+    values["n_units"] = float(result.n_units)
+    values["spurious_frac"] = metrics["recovery/spurious_frac"]
     values["fve"] = math.nan if entry.fve is None else entry.fve
     active = (entry.units.values != 0).float().sum(dim=1).mean().item()
     values["l0"] = active if entry.l0 is None else entry.l0
@@ -138,7 +145,7 @@ class ThesisTable:
         fig, axes = plt.subplots(1, 2, figsize=(11, 0.55 * len(self.rows) + 1.6), sharey=True)
         y = range(len(self.rows))
         for ax, metric, label in ((axes[0], "coef_recall", "coefficient recall (value = true coefficient)"),
-                                  (axes[1], "frac_cos90", "direction recovery (|cos| ≥ 0.9)")):
+                                  (axes[1], "one_to_one_frac_cos90", "direction recovery, one-to-one (|cos| ≥ 0.9)")):
             for shift, fam, colour in ((-0.2, "animals", "tab:orange"), (0.2, "attributes", "tab:blue")):
                 vals = [r.values[f"{fam}/{metric}"] for r in self.rows]
                 ax.barh([i + shift for i in y], vals, height=0.38, color=colour, label=fam)
@@ -157,12 +164,14 @@ class ThesisTable:
 
 
 def _cell(row: Row, col: Column) -> str:
-    v = row.values[col.key]
+    v = row.values.get(col.key, math.nan)  # a table saved before a column existed shows it empty
     if math.isnan(v):
         return "–"
     if col.key.startswith("units_read") and v > row.probe_cap:
         return f">{row.probe_cap}"
     if col.key == "units_read_size":
+        return f"{v:.0f}"
+    if col.key == "n_units":
         return f"{v:.0f}"
     return f"{v:.3g}" if col.key in ("l0", "units_read_animal") else f"{v:.2f}"
 

@@ -25,6 +25,7 @@ from circuitdecomp.decomp.config import DecompositionConfig, ModuleSpec, OutputL
 from circuitdecomp.decomp.distributed import current_shard
 from circuitdecomp.decomp.losses import output_distance
 from circuitdecomp.decomp.model import ComponentModel, default_output
+from circuitdecomp.decomp.span import data_span, project_onto, row_factor
 from circuitdecomp.decomp.train import TrainResult, train_decomposition
 from circuitdecomp.runio import Metrics, load_tensors, save_tensors, to_plain
 from circuitdecomp.tracking import Logger, NullLogger
@@ -34,12 +35,17 @@ OutputFn = Callable[[Any], Tensor]
 
 @dataclass(frozen=True)
 class CircuitDirections:
-    """The live components of one module: the unit direction each reads (V column) and writes (U row)."""
+    """The live components of one module: the unit direction each reads (V column) and writes (U row).
+
+    See `Decomposition.directions`: by default both are projected onto the span of the data the module saw.
+    """
 
     components: Int[Tensor, " n"]
-    read: Float[Tensor, "n d_in"]
+    read: Float[Tensor, "n d_in"]  # unit rows; a zero row where a projection left nothing
     write: Float[Tensor, "n d_out"]
     activity: Float[Tensor, " n"]  # fraction of positions where the component's CI exceeds the threshold
+    read_inside: Float[Tensor, " n"]  # |P v| / |v|: the part of the raw V column inside the span of the batch's inputs
+    write_inside: Float[Tensor, " n"]  # the same for the raw U row and the span of the target's outputs x W^T
 
 
 class Decomposition:
@@ -84,18 +90,56 @@ class Decomposition:
         t = self.config.ci_alive_threshold if threshold is None else threshold
         return {p: (g.flatten(0, -2).max(0).values > t).nonzero().flatten() for p, g in self.causal_importance(batch).items()}
 
-    def directions(self, batch: Any, threshold: float | None = None) -> dict[str, CircuitDirections]:
-        """Features from circuits: per module, the read and write directions of the components live on `batch`."""
+    @torch.no_grad()
+    def directions(self, batch: Any, threshold: float | None = None, *, project: bool = True,
+                   rel_tol: float = 1e-4) -> dict[str, CircuitDirections]:
+        """Features from circuits: per module, the read and write directions of the components live on `batch`.
+
+        Live: CI above `threshold` (default: config.ci_alive_threshold) at some masked position of `batch`.
+        Per module, for its live components in index order: `read` is the V column and `write` the U row,
+        each projected (`project=True`) onto the span of what the module sees on `batch` and scaled to unit
+        norm; `project=False` gives the raw columns and rows at unit norm. The spans are uncentred, over every
+        call of the module at its masked positions: for reads, the module's inputs x (an embedding's: the
+        one-hot rows of the tokens seen, each token seen at least once); for writes, the target's outputs
+        x W^T without bias. Directions with singular values within `rel_tol` x the largest count as unseen
+        (`span.data_span`). Nothing trains a component where the data never goes, so raw directions carry
+        arbitrary mass there.
+        `read_inside` / `write_inside` give |P v| / |v|, the fraction of each raw direction's norm inside the
+        span, whichever `project` is. A projected direction with less than 1e-6 of its norm inside (it reads
+        or writes only where the batch never goes) is kept, as a zero row, so that rows stay aligned with
+        `components`; filter on `read_inside` to drop such rows.
+        """
         t = self.config.ci_alive_threshold if threshold is None else threshold
         out = {}
-        for path, g in self.causal_importance(batch).items():
-            active = (g.flatten(0, -2) > t).float().mean(0)
-            live = (active > 0).nonzero().flatten()
-            read = self.V(path)[:, live].T
-            write = self.U(path)[live]
-            out[path] = CircuitDirections(live, read / read.norm(dim=1, keepdim=True), write / write.norm(dim=1, keepdim=True),
-                                          active[live])
+        with self._swapped_in() as cm:
+            cm.run_target(batch)
+            ci = cm.causal_importance().lower
+            for path, g in ci.items():
+                active = (g.flatten(0, -2) > t).float().mean(0)
+                live = (active > 0).nonzero().flatten()
+                read_in, write_in = self._spans(cm, path, rel_tol)
+                read, read_inside = _project_unit(self.V(path)[:, live].T, read_in, project)
+                write, write_inside = _project_unit(self.U(path)[live], write_in, project)
+                out[path] = CircuitDirections(live, read, write, active[live], read_inside, write_inside)
         return out
+
+    @staticmethod
+    def _spans(cm: ComponentModel, path: str, rel_tol: float) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+        """Projections onto the spans of the module's inputs and of its target outputs x W^T on the last target pass."""
+        comp = cm.component(path)
+        xs = [comp.selected_input(k) for k in cm.state.inputs if k[0] == path]
+        W = comp.target_weight().detach()
+        if comp.kind is WeightKind.embedding:  # inputs are one-hot rows: their span is the set of tokens seen
+            tokens, counts = torch.cat([x.flatten() for x in xs]).unique(return_counts=True)
+            seen = torch.zeros(comp.d_in, dtype=torch.bool, device=W.device)
+            seen[tokens] = True
+            # rows sqrt(count) W^T[token] have the Gram matrix, so the span and spectrum, of W^T[every token seen]
+            out_basis = data_span(counts.double().sqrt()[:, None] * W.T[tokens].double(), rel_tol)
+            return (lambda v: v * seen), (lambda v: project_onto(v, out_basis))
+        R = row_factor(torch.cat([x.reshape(-1, comp.d_in) for x in xs]))  # R^T R = X^T X
+        in_basis = data_span(R, rel_tol)
+        out_basis = data_span(R @ W.T.double(), rel_tol)  # (X W^T)^T (X W^T) = (R W^T)^T (R W^T): the outputs' span
+        return (lambda v: project_onto(v, in_basis)), (lambda v: project_onto(v, out_basis))
 
     @torch.no_grad()
     def metrics(self, batch: Any) -> Metrics:
@@ -146,6 +190,18 @@ class Decomposition:
             for k, p in named.items():
                 p.copy_(saved[k])
         return cls(cm, config)
+
+
+def _project_unit(raw: Float[Tensor, "n d"], proj: Callable[[Tensor], Tensor],
+                  project: bool) -> tuple[Float[Tensor, "n d"], Float[Tensor, " n"]]:
+    """Unit rows (projected by `proj` if `project`; zero where under 1e-6 of a row is inside), and |proj(v)| / |v|."""
+    unit = raw / raw.norm(dim=1, keepdim=True).clamp_min(torch.finfo(raw.dtype).tiny)
+    inside_vec = proj(unit)
+    inside = inside_vec.norm(dim=1)
+    if not project:
+        return unit, inside
+    keep = inside >= 1e-6
+    return torch.where(keep[:, None], inside_vec / inside.clamp_min(1e-6)[:, None], 0.0), inside
 
 
 def _enum(annotation: Any, value: Any) -> Any:

@@ -67,8 +67,8 @@ class ChanceLevel:
     frac_cos90: float  # exact: 1 - P(|cos| < 0.9)^n_units
     frac_cos99: float
     mean_max_cos: float  # exact up to quadrature: ∫ P(max |cos| > t) dt
-    hungarian_cos: float  # Monte-Carlo over draws, for the given features (the matching depends on their geometry)
-    hungarian_frac_cos90: float
+    one_to_one_cos: float  # Monte-Carlo over draws, for the given features (the matching depends on their geometry)
+    one_to_one_frac_cos90: float
 
 
 def max_cos_below(t: float | np.ndarray, d_model: int, n_units: int) -> float | np.ndarray:
@@ -93,12 +93,12 @@ def chance_level(
     for _ in range(n_draws):
         cos = cosines(rows, random_directions(n_units, d, generator))
         scores = direction_scores(cos, hungarian(cos.abs()))
-        matched_cos.append(scores.hungarian_cos)
-        matched_90.append(scores.hungarian_frac_cos90)
+        matched_cos.append(scores.one_to_one_cos)
+        matched_90.append(scores.one_to_one_frac_cos90)
     return ChanceLevel(
         frac_cos90=float(1 - max_cos_below(COS_HIGH, d, n_units)),
         frac_cos99=float(1 - max_cos_below(COS_EXACT, d, n_units)),
         mean_max_cos=float(mean_max),
-        hungarian_cos=float(np.mean(matched_cos)),
-        hungarian_frac_cos90=float(np.mean(matched_90)),
+        one_to_one_cos=float(np.mean(matched_cos)),
+        one_to_one_frac_cos90=float(np.mean(matched_90)),
     )

@@ -17,8 +17,8 @@ class DirectionScores:
     frac_cos90: float  # fraction of true features whose best unit has |cos| >= 0.9
     frac_cos99: float
     mean_max_cos: float  # mean over features of the best |cos|
-    hungarian_cos: float  # mean |cos| under the one-to-one matching (unmatched features count 0)
-    hungarian_frac_cos90: float
+    one_to_one_cos: float  # mean |cos| under the one-to-one matching (unmatched features count 0)
+    one_to_one_frac_cos90: float
     best_unit: Int[Tensor, " n_features"]
     best_cos: Float[Tensor, " n_features"]  # signed cosine with the best unit: the sign orients its value
     matched_unit: Int[Tensor, " n_features"]  # Hungarian partner, -1 when there are fewer units than features
@@ -63,8 +63,8 @@ def direction_scores(cos: Float[Tensor, "n_features n_units"], matched_unit: Int
         frac_cos90=(best_abs >= COS_HIGH).float().mean().item(),
         frac_cos99=(best_abs >= COS_EXACT).float().mean().item(),
         mean_max_cos=best_abs.mean().item(),
-        hungarian_cos=matched_abs.mean().item(),
-        hungarian_frac_cos90=(matched_abs >= COS_HIGH).float().mean().item(),
+        one_to_one_cos=matched_abs.mean().item(),
+        one_to_one_frac_cos90=(matched_abs >= COS_HIGH).float().mean().item(),
         best_unit=best_unit,
         best_cos=cos.gather(1, best_unit[:, None])[:, 0],
         matched_unit=matched_unit,

@@ -5,8 +5,10 @@ scores; `to_metrics(result, prefix="recovery")` flattens them. Keys, with `<f>` 
 
 * `recovery/<f>/frac_cos90`, `frac_cos99`: fraction of the family's features whose best unit has |cos| >= 0.9 / 0.99.
 * `recovery/<f>/mean_max_cos`: mean best |cos|; `recovery/<f>/n_features`.
-* `recovery/<f>/hungarian_cos`, `hungarian_frac_cos90`: the same under a one-to-one matching of *all* families'
-  features to units at once (a unit serves one feature; features left without a unit count 0).
+* `recovery/<f>/one_to_one_frac_cos90` (the headline), `one_to_one_cos`: the same under a one-to-one (Hungarian)
+  matching of *all* families' features to units at once: a unit counts for one true feature only, so one dictionary
+  cannot score on animals and attributes with the same units; features left without a unit count 0.
+  `one_to_one_coef_recall`: coefficient recall with each feature's one-to-one partner instead of its best unit.
 * `recovery/<f>/coef_recall`: fraction of features whose best unit's value (sign-corrected, per unit-norm
   direction) has Pearson r >= 0.9 and |slope - 1| <= 0.2 against the true coefficient (thresholds in
   RecoveryConfig); `coef_r`, `coef_slope` (slope of value on truth, with intercept), `coef_r2` (1 - SSE/SST of the
@@ -47,7 +49,8 @@ from circuitdecomp.runio import Metrics
 
 _RESERVED = ("min", "subspace")
 _HEADLINE = (  # higher is better: these get a `min` over families
-    "frac_cos90", "frac_cos99", "mean_max_cos", "hungarian_cos", "hungarian_frac_cos90", "coef_recall", "coef_r", "coef_r2",
+    "frac_cos90", "frac_cos99", "mean_max_cos", "one_to_one_cos", "one_to_one_frac_cos90", "coef_recall",
+    "one_to_one_coef_recall", "coef_r", "coef_r2",
 )
 _FEATURE_INSIDE = 0.5  # true features must lie at least this much inside the subspace they are scored in
 
@@ -137,7 +140,8 @@ class MatchScores:
     """Direction and coefficient scores of one family in one geometry (full space or subspace)."""
 
     directions: DirectionScores
-    coefficients: CoefficientScores
+    coefficients: CoefficientScores  # each feature's best unit
+    one_to_one_coefficients: CoefficientScores  # each feature's one-to-one partner (value 0 where it has none)
 
 
 @dataclass(frozen=True)
@@ -146,7 +150,7 @@ class FamilyScores:
     n_features: int
     full: MatchScores
     subspace: MatchScores | None
-    simplicity: SimplicityScores
+    simplicity: SimplicityScores | None  # None when scored with simplicity=False
 
 
 @dataclass(frozen=True)
@@ -186,12 +190,29 @@ def _match(
         # no unit at all (cos 0: every unit left out of the subspace) gets the value 0
         x = units.values[:, d.best_unit] * (unit_scale[d.best_unit] * torch.sign(d.best_cos))
         c = fam.coefficients * feature_scale[rows]
-        out.append(MatchScores(d, coefficient_scores(x, c, cfg.coef_min_r, cfg.coef_slope_tol)))
+        partner = d.matched_unit.clamp_min(0)
+        sign = torch.sign(cos[rows].gather(1, partner[:, None])[:, 0]) * (d.matched_unit >= 0)
+        x11 = units.values[:, partner] * (unit_scale[partner] * sign)
+        out.append(MatchScores(d, coefficient_scores(x, c, cfg.coef_min_r, cfg.coef_slope_tol),
+                               coefficient_scores(x11, c, cfg.coef_min_r, cfg.coef_slope_tol)))
     return out
 
 
-def score_recovery(units: Units, truth: GroundTruth, cfg: RecoveryConfig = RecoveryConfig()) -> RecoveryResult:
-    """Score units against every ground-truth family: directions, coefficients, read-out size, dead and spurious."""
+def _simplicity(units: Units, truth: GroundTruth, cfg: RecoveryConfig) -> list[SimplicityScores]:
+    scored = [varies(f.coefficients) for f in truth.families]
+    targets = torch.cat([f.coefficients[:, s] for f, s in zip(truth.families, scored)], dim=1)
+    need_scored = probe_sizes(units.values, targets, cfg.probe_max_units).split([int(s.sum()) for s in scored])
+    out = []
+    for s, need_s in zip(scored, need_scored):
+        need = torch.zeros(s.shape[0], dtype=torch.long).masked_scatter(s, need_s)
+        out.append(simplicity_scores(need, s, cfg.probe_max_units))
+    return out
+
+
+def score_recovery(units: Units, truth: GroundTruth, cfg: RecoveryConfig = RecoveryConfig(),
+                   simplicity: bool = True) -> RecoveryResult:
+    """Score units against every ground-truth family: directions, coefficients, read-out size (unless not
+    `simplicity`: the greedy probes cost most of the time with thousands of units), dead and spurious."""
     d_units = units.directions.shape[1]
     check(d_units == truth.d_model, f"units have d_model={d_units} but the ground truth has d_model={truth.d_model}")
     check(
@@ -218,14 +239,9 @@ def score_recovery(units: Units, truth: GroundTruth, cfg: RecoveryConfig = Recov
         # in the subspace a unit's coefficient is its value times the norm of its projected direction
         subspace = _match(cosines(f_sub, u_sub), u_norm * u_inside, f_norm * f_inside, units, truth, cfg)
 
-    scored = [varies(f.coefficients) for f in truth.families]
-    targets = torch.cat([f.coefficients[:, s] for f, s in zip(truth.families, scored)], dim=1)
-    need_scored = probe_sizes(units.values, targets, cfg.probe_max_units).split([int(s.sum()) for s in scored])
-    families = []
-    for fam, s, need_s, fm, sm in zip(truth.families, scored, need_scored, full, subspace):
-        need = torch.zeros(s.shape[0], dtype=torch.long).masked_scatter(s, need_s)
-        simple = simplicity_scores(need, s, cfg.probe_max_units)
-        families.append(FamilyScores(fam.name, fam.directions.shape[0], fm, sm, simple))
+    simple = _simplicity(units, truth, cfg) if simplicity else [None] * len(truth.families)
+    families = [FamilyScores(fam.name, fam.directions.shape[0], fm, sm, sim)
+                for fam, fm, sm, sim in zip(truth.families, full, subspace, simple)]
     return RecoveryResult(
         families=tuple(families),
         n_units=units.directions.shape[0],
@@ -240,9 +256,10 @@ def _match_metrics(m: MatchScores, base: str) -> Metrics:
         f"{base}/frac_cos90": d.frac_cos90,
         f"{base}/frac_cos99": d.frac_cos99,
         f"{base}/mean_max_cos": d.mean_max_cos,
-        f"{base}/hungarian_cos": d.hungarian_cos,
-        f"{base}/hungarian_frac_cos90": d.hungarian_frac_cos90,
+        f"{base}/one_to_one_cos": d.one_to_one_cos,
+        f"{base}/one_to_one_frac_cos90": d.one_to_one_frac_cos90,
         f"{base}/coef_recall": c.recall,
+        f"{base}/one_to_one_coef_recall": m.one_to_one_coefficients.recall,
         f"{base}/coef_r": c.mean_r,
         f"{base}/coef_slope": c.mean_slope,
         f"{base}/coef_r2": c.mean_r2,
@@ -259,15 +276,17 @@ def to_metrics(result: RecoveryResult, prefix: str = "recovery") -> Metrics:
         metrics |= _match_metrics(fam.full, base)
         if fam.subspace is not None:
             metrics |= _match_metrics(fam.subspace, f"{base}/subspace")
-        metrics[f"{base}/units_for_r2_90"] = fam.simplicity.mean_units
-        metrics[f"{base}/units_for_r2_90_median"] = fam.simplicity.median_units
-        metrics[f"{base}/units_for_r2_90_capped"] = fam.simplicity.frac_capped
+        if fam.simplicity is not None:
+            metrics[f"{base}/units_for_r2_90"] = fam.simplicity.mean_units
+            metrics[f"{base}/units_for_r2_90_median"] = fam.simplicity.median_units
+            metrics[f"{base}/units_for_r2_90_capped"] = fam.simplicity.frac_capped
     geometries = [""] + (["subspace/"] if result.families[0].subspace is not None else [])
     for geo in geometries:
         for key in _HEADLINE:
             metrics[f"{prefix}/min/{geo}{key}"] = min(metrics[f"{prefix}/{f.name}/{geo}{key}"] for f in result.families)
     metrics[f"{prefix}/n_units"] = result.n_units
-    metrics[f"{prefix}/probe_cap"] = result.families[0].simplicity.cap
+    if result.families[0].simplicity is not None:
+        metrics[f"{prefix}/probe_cap"] = result.families[0].simplicity.cap
     metrics[f"{prefix}/dead_frac"] = result.dead.float().mean().item()
     metrics[f"{prefix}/spurious_frac"] = result.spurious.float().mean().item()
     return metrics

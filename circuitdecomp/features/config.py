@@ -1,6 +1,7 @@
 """Settings of the features-from-circuits stage."""
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 from circuitdecomp.frozen import Frozen, check
 
@@ -13,21 +14,33 @@ def _writes() -> list[str]:
     return ["*attn.o", "*mlp.out"]
 
 
+class Projection(str, Enum):
+    """Where candidate directions are projected before merging (a component's direction has mass in directions the
+    data never visits, and nothing in training constrains it there)."""
+
+    none = "none"  # raw V_c / U_c as the decomposition returns them
+    data = "data"  # the span of the residuals seen at the read-out position on the fit inputs: generic, from data
+    tokens = "tokens"  # the span of the embedding rows of the read-out tokens: specific to this world (entity subspace)
+
+
 @dataclass
 class FeaturesConfig(Frozen):
     """Which components count as circuits' read / write directions, and how they become features.
 
     A component is *live* when its CI exceeds `live_ci` on some input and *active* on an input when its CI
-    exceeds `active_ci`. Directions are taken inside the subspace the read-out token writes (the embedding's
-    span at the read-out positions) when `token_subspace` is on; a direction with less than `min_inside` of its
-    norm there reads something else (question information, answers) and is not an entity feature.
+    exceeds `active_ci`. Directions are projected (`projection`) before merging; a direction with less than
+    `min_inside` of its norm inside the projection's span reads something else and is not a feature. The pipeline
+    scores the features of every projection (`recovery/` for this one, `recovery_raw/`, `recovery_tokens/`).
     """
 
     read_patterns: list[str] = field(default_factory=_reads)  # modules whose V_c read the residual stream
     write_patterns: list[str] = field(default_factory=_writes)  # modules whose U_c write it
     live_ci: float = 0.1
     active_ci: float = 0.5
-    token_subspace: bool = True
+    projection: Projection = Projection.data
+    # read rows of these modules feed a ReLU: the neuron control (features/controls.py) takes the positive part of
+    # their activation as its stand-in for causal importance (|activation| elsewhere)
+    rectified_reads: list[str] = field(default_factory=lambda: ["*mlp.in"])
     # 0.3 dropped real attribute readers of the trained target: a unit gated off the 31-49 other questions spends
     # most of its norm on the question code (results log, session 7); with 0.1 the spurious share
     # stayed the same or fell on four runs

@@ -89,11 +89,12 @@ def decomposition_seed(cfg: Config) -> int:
 
 
 def held_out_batch(world: World, n: int, seed: int) -> Examples:
-    """A fixed evaluation sample: held-out rows first, topped up with training rows (small worlds hold out few)."""
+    """A fixed evaluation sample: held-out rows first, topped up with training rows (small worlds hold out few); at
+    most half the world's inputs, so that the features stage always has other inputs to fit on."""
     ex = world.examples
     order = torch.randperm(len(ex), generator=torch.Generator().manual_seed(seed))
     order = torch.cat([order[~ex.is_train[order]], order[ex.is_train[order]]])
-    return ex.subset(order[: min(n, len(ex))])
+    return ex.subset(order[: min(n, len(ex) // 2)])
 
 
 @torch.no_grad()
@@ -103,24 +104,32 @@ def rounded_ci_masks(cm: ComponentModel, delta: bool) -> dict[str, MaskInfo]:
 
 
 @torch.no_grad()
-def faithfulness_metrics(cm: ComponentModel, examples: Examples, use_delta: bool) -> Metrics:
-    """Accuracy of the masked model (rounded CI) relative to the target's: components only, and (when the decomposition
-    trains a delta component, `use_delta`) components plus the rest W - ΣUV; also with masks = CI unrounded. Without
-    a trained delta the rest is not asked to mean anything, so its score (near 0 on the trained target) is not
-    reported."""
+def faithfulness_metrics(cm: ComponentModel, examples: Examples) -> Metrics:
+    """Accuracy of the masked model (rounded CI) relative to the target's, two ways, and with masks = CI unrounded.
+
+    * `components`: every decomposed matrix is its components ΣUV masked by rounded CI, nothing else (also per
+      question type: where the components fall short).
+    * `with_remainder`: the same masks plus the remainder W - ΣUV of every decomposed matrix, always on (the delta
+      component with mask 1), whether or not the decomposition trains a delta (`use_delta`). With the remainder, a
+      decomposition whose components do not sum to W is judged with what it leaves out put back in (with every
+      component on it is the target exactly). Without a trained delta the remainder is not asked to mean anything:
+      read this score beside `decomp/weight_share_outside/<path>` (and `delta_share`); a good score with a large
+      share outside says the remainder, not the components, does the work.
+    * `ci_masks`: masks = CI itself, components only; what rounding costs is the gap to `components`.
+    """
     answer = examples.answer - cm.output_fn.answers_start  # outputs are answer logits (AnswerLogits)
     target = cm.run_target(examples.tokens)
     target_acc = (target.argmax(-1) == answer).float().mean().item()
     out: Metrics = {}
-    for delta in (False, True) if use_delta else (False,):
+    for remainder in (False, True):
         cm.run_target(examples.tokens)
-        masked = cm(examples.tokens, rounded_ci_masks(cm, delta))
+        masked = cm(examples.tokens, rounded_ci_masks(cm, remainder))  # delta on = the remainder W - ΣUV at mask 1
         acc = (masked.argmax(-1) == answer).float().mean().item()
-        name = "with_delta" if delta else "components"
+        name = "with_remainder" if remainder else "components"
         out[f"decomp/faithfulness/{name}/accuracy"] = acc
         out[f"decomp/faithfulness/{name}/relative_accuracy"] = acc / max(target_acc, 1e-12)
         out[f"decomp/faithfulness/{name}/agreement"] = (masked.argmax(-1) == target.argmax(-1)).float().mean().item()
-        if not delta:  # where the components fall short, by question type
+        if not remainder:  # where the components fall short, by question type
             right = masked.argmax(-1) == answer
             for q in QuestionType:
                 rows = examples.qtype == int(q)
@@ -134,6 +143,18 @@ def faithfulness_metrics(cm: ComponentModel, examples: Examples, use_delta: bool
 
 
 @torch.no_grad()
+def weight_share_outside(cm: ComponentModel) -> Metrics:
+    """Per decomposed matrix (embeddings included): ||W - ΣUV||_F / ||W||_F, the share of the weights the components
+    leave out, whatever the data. W is the decomposed copy's (`decomposition_view`: the unembedding's answer rows)."""
+    out: Metrics = {}
+    for path in cm.paths:
+        comp = cm.component(path)
+        share = comp.weight_delta().norm() / comp.target_weight().norm().clamp_min(1e-12)
+        out[f"decomp/weight_share_outside/{path}"] = share.item()
+    return out
+
+
+@torch.no_grad()
 def delta_share(cm: ComponentModel, tokens: Int[Tensor, "batch seq"]) -> Metrics:
     """Per module: ||x (W - ΣUV)|| / max(||x W||, ||x ΣUV||) over the masked positions: how much of the action the delta
     carries (1 for a matrix whose target action is nil but whose components act: all of their action is spurious)."""
@@ -142,7 +163,7 @@ def delta_share(cm: ComponentModel, tokens: Int[Tensor, "batch seq"]) -> Metrics
     for path in cm.paths:
         comp = cm.component(path)
         if comp.kind.value == "embedding":
-            continue  # an embedding's input is token ids: its delta is the rows' residual, reported by faithfulness
+            continue  # an embedding's input is token ids: its delta is the rows' residual (weight_share_outside)
         x = comp.selected_input((path, 0))
         full = x @ comp.target_weight().T
         rest = x @ comp.weight_delta().T
@@ -204,7 +225,7 @@ def decompose_target(cfg: Config, world: World, model: nn.Module, out_dir: Path,
     def eval_fn(m: ComponentModel, step: int) -> Metrics:
         m.run_target(held.tokens)
         l0 = ci_l0(m.causal_importance().lower, d.ci_alive_threshold)  # per masked position
-        return {f"decomp/ci_l0/{p}": v for p, v in l0.items()} | faithfulness_metrics(m, held, d.use_delta)
+        return {f"decomp/ci_l0/{p}": v for p, v in l0.items()} | faithfulness_metrics(m, held)
 
     metrics: Metrics = {}
     if path.exists():  # finished earlier: load instead of training again (the checks below are redone)
@@ -216,7 +237,7 @@ def decompose_target(cfg: Config, world: World, model: nn.Module, out_dir: Path,
         logger.log_artifact(path, f"decomposition-{cfg.name}", "model")
         metrics |= {f"decomp/final/{k}": v for k, v in result.final_losses.items()}
         metrics["decomp/ms_per_step"] = result.ms_per_step
-    metrics |= eval_fn(cm, d.steps) | delta_share(cm, held.tokens)
+    metrics |= eval_fn(cm, d.steps) | delta_share(cm, held.tokens) | weight_share_outside(cm)
     cm.run_target(held.tokens)
     live = {p: g.flatten(0, -2).amax(0) > d.ci_alive_threshold for p, g in cm.causal_importance().lower.items()}
     metrics |= {f"decomp/n_live/{p}": int(on.sum()) for p, on in live.items()}  # CI above threshold on some input

@@ -10,9 +10,13 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from circuitdecomp.config import Config
+from circuitdecomp.decomp.adapters import bias_of
 from circuitdecomp.decomp.model import ComponentModel
+from circuitdecomp.decomp.span import data_span
 from circuitdecomp.evaluate.recovery import GroundTruth, RecoveryResult, Units, score_recovery, to_metrics
-from circuitdecomp.features.extract import Features, apply_features, candidates, extract_features, matches, span_basis
+from circuitdecomp.features.config import Projection
+from circuitdecomp.features.controls import neuron_candidates, random_directions
+from circuitdecomp.features.extract import Candidate, Features, apply_features, candidates, extract_features, matches
 from circuitdecomp.runio import Metrics, atomic_write, save_figure, save_tensors, update_metrics
 from circuitdecomp.tracking import Logger
 from circuitdecomp.world.questions import Examples
@@ -22,13 +26,16 @@ from circuitdecomp.world.world import World
 log = logging.getLogger(__name__)
 FEATURES_FILE = "features.safetensors"
 PROVENANCE_FILE = "features.json"
+CONTROLS_FILE = "controls.safetensors"  # <control>/directions, <control>/values on the scored inputs
+# metric prefix of the features of each projection; the configured one (features.projection) is `recovery`
+PROJECTION_PREFIX = {Projection.none: "recovery_raw", Projection.data: "recovery_data", Projection.tokens: "recovery_tokens"}
 
 
 def token_subspace(model: nn.Module, examples: Examples) -> Float[Tensor, "k d_model"]:
     """Span of the embedding rows of the tokens seen at the read-out position (from the model, not the world)."""
     tokens = examples.tokens[:, -1].unique()
     embed = next(m for m in model.modules() if isinstance(m, nn.Embedding) and m.weight.shape[0] > tokens.max())
-    return span_basis(embed.weight[tokens].detach())
+    return data_span(embed.weight[tokens].detach())
 
 
 def fit_sample(examples: Examples, n: int, seed: int) -> Examples:
@@ -45,20 +52,52 @@ def fit_sample(examples: Examples, n: int, seed: int) -> Examples:
     return examples.subset(order[torch.cat([first.nonzero().flatten(), rest])])
 
 
+def disjoint_from(examples: Examples, scored: Examples) -> Examples:
+    """The rows of `examples` whose token sequence is not among `scored`'s: features are fitted on one split of the
+    world's inputs and scored on another."""
+    seen = {tuple(row) for row in scored.tokens.tolist()}
+    keep = torch.tensor([tuple(row) not in seen for row in examples.tokens.tolist()], dtype=torch.bool)
+    if not bool(keep.any()):
+        raise ValueError(f"every one of the world's {len(examples)} inputs is among the {len(scored)} scored ones: "
+                         "nothing is left to fit the features on; lower evaluation.n_inputs")
+    return examples.subset(keep)
+
+
 @torch.no_grad()
-def _ci_and_resid(cm: ComponentModel, examples: Examples, reader: str, with_ci: bool = True,
-                  chunk: int = 4096) -> tuple[dict[str, Tensor], Float[Tensor, "n d_model"]]:
-    """CI at the read-out position per module (unless not `with_ci`), and the residual `reader` reads there, in
+def readout_inputs(cm: ComponentModel, examples: Examples, with_ci: bool = True,
+                   chunk: int = 4096) -> tuple[dict[str, Tensor], dict[str, Float[Tensor, "n d_in"]]]:
+    """CI at the read-out position per module (unless not `with_ci`) and each decomposed module's input there, in
     chunks (CI MLPs are wide)."""
     cis: dict[str, list[Tensor]] = {}
-    resids = []
+    inputs: dict[str, list[Tensor]] = {}
     for s in range(0, len(examples), chunk):
         cm.run_target(examples.tokens[s:s + chunk])
         for p, g in (cm.causal_importance().lower.items() if with_ci else ()):
             cis.setdefault(p, []).append(g[:, -1] if g.dim() == 3 else g)
-        x = cm.state.inputs[(reader, 0)]
-        resids.append(x[:, -1] if x.dim() == 3 else x)
-    return {p: torch.cat(v) for p, v in cis.items()}, torch.cat(resids)
+        for p in cm.paths:
+            x = cm.state.inputs[(p, 0)]
+            inputs.setdefault(p, []).append(x[:, -1] if x.dim() == 3 else x)
+    return {p: torch.cat(v) for p, v in cis.items()}, {p: torch.cat(v).float() for p, v in inputs.items()}
+
+
+def projection_basis(kind: Projection, model: nn.Module, fit: Examples,
+                     resid: Float[Tensor, "n d_model"]) -> Float[Tensor, "k d_model"] | None:
+    """Orthonormal rows of the span candidate directions are projected onto (None: no projection)."""
+    match kind:
+        case Projection.none:
+            return None
+        case Projection.data:
+            return data_span(resid)
+        case Projection.tokens:
+            return token_subspace(model, fit)
+
+
+def _reader(cm: ComponentModel, cfg: Config) -> str:
+    readers = [p for p in cm.paths if matches(p, cfg.features.read_patterns)]
+    if not readers:
+        raise ValueError(f"no decomposed module matches features.read_patterns={list(cfg.features.read_patterns)}; "
+                         f"decomposed modules: {cm.paths}")
+    return readers[0]
 
 
 @torch.no_grad()
@@ -66,26 +105,32 @@ def circuit_features(cm: ComponentModel, model: nn.Module, examples: Examples, c
                      fit: Examples | None = None) -> Features:
     """Turn the decomposition's live components into features (features/extract.py), valued on `examples`.
 
-    Live components, gates and orientation are fitted on `fit` (default: `examples`); a look-up's gate needs
-    inputs of its animal's facts, which a held-out batch of a large world may lack.
+    Live components, gates and orientation are fitted on `fit` (default: `examples`); the pipeline fits on inputs
+    disjoint from the scored ones (`disjoint_from`).
     """
-    fc = cfg.features
-    readers = [p for p in cm.paths if matches(p, fc.read_patterns)]
-    if not readers:
-        raise ValueError(f"no decomposed module matches features.read_patterns={list(fc.read_patterns)}; "
-                         f"decomposed modules: {cm.paths}")
+    reader = _reader(cm, cfg)
     fit = examples if fit is None else fit
-    ci, resid = _ci_and_resid(cm, fit, readers[0])
-    V = {p: cm.component(p).V.detach() for p in cm.paths}
-    U = {p: cm.component(p).U.detach() for p in cm.paths}
-    cands = candidates(V, U, ci, resid.shape[-1], fc)
-    subspace = token_subspace(model, fit) if fc.token_subspace else None
-    feats = extract_features(cands, resid.float(), subspace, fc)
+    ci, inputs = readout_inputs(cm, fit)
+    cands = _spd_candidates(cm, ci, inputs[reader].shape[-1], cfg)
+    basis = projection_basis(cfg.features.projection, model, fit, inputs[reader])
+    feats = extract_features(cands, inputs[reader], basis, cfg.features)
     log.info("%d candidate directions from %d modules on %d inputs -> %d features", len(cands), len(cm.paths),
              len(fit), len(feats))
     if fit is not examples and len(feats):
-        feats = apply_features(feats, _ci_and_resid(cm, examples, readers[0], with_ci=False)[1].float())
+        feats = apply_features(feats, readout_inputs(cm, examples, with_ci=False)[1][reader])
     return feats
+
+
+def _spd_candidates(cm: ComponentModel, ci: dict[str, Tensor], d_model: int, cfg: Config) -> list[Candidate]:
+    V = {p: cm.component(p).V.detach() for p in cm.paths}
+    U = {p: cm.component(p).U.detach() for p in cm.paths}
+    return candidates(V, U, ci, d_model, cfg.features)
+
+
+def _neuron_candidates(cm: ComponentModel, inputs: dict[str, Tensor], d_model: int, cfg: Config) -> list[Candidate]:
+    weights = {p: cm.component(p).target_weight() for p in cm.paths if cm.component(p).kind.value != "embedding"}
+    biases = {p: bias_of(cm.component(p).base) for p in weights}
+    return neuron_candidates(weights, biases, inputs, d_model, cfg.features)
 
 
 def save_features(out_dir: Path, feats: Features) -> None:
@@ -126,26 +171,62 @@ def recovery_figure(result: RecoveryResult, units: Units, truth: GroundTruth, ti
     return fig
 
 
+def _score(feats: Features, truth: GroundTruth, cfg: Config, prefix: str,
+           simplicity: bool = False) -> tuple[Metrics, RecoveryResult | None]:
+    """`prefix/...` recovery metrics; circuit simplicity (greedy probes, the slow part) only where asked."""
+    if len(feats) == 0:
+        return {f"{prefix}/n_units": 0}, None
+    result = score_recovery(Units(feats.directions, feats.values), truth, cfg.evaluation.recovery, simplicity)
+    return to_metrics(result, prefix), result
+
+
 def features_stage(cfg: Config, world: World, model: nn.Module, cm: ComponentModel, examples: Examples,
                    out_dir: Path, logger: Logger) -> tuple[Features, Metrics]:
-    """Extract, save and score the features from circuits; metrics `recovery/...` and `features/...`."""
-    fit = fit_sample(world.examples, cfg.features.fit_max_inputs, cfg.seed + 13)
-    feats = circuit_features(cm, model, examples, cfg, fit=fit)
-    save_features(out_dir, feats)
-    metrics: Metrics = {"features/n_features": len(feats),
-                        "features/n_dense": int((feats.thresholds == float("-inf")).sum()) if len(feats) else 0}
-    if len(feats) == 0:
-        log.warning("no live component reads or writes the token subspace: nothing to score")
-        update_metrics(out_dir, metrics)
-        return feats, metrics
+    """Extract, save and score the features from circuits and the controls; metrics `recovery/...` (the configured
+    projection), `recovery_<raw|data|tokens>/...` (each projection), `controls/<neurons|random>/recovery/...` and
+    `features/...`. Features are fitted on inputs disjoint from the scored `examples`."""
+    fc = cfg.features
+    fit = fit_sample(disjoint_from(world.examples, examples), fc.fit_max_inputs, cfg.seed + 13)
+    reader = _reader(cm, cfg)
+    ci, inputs = readout_inputs(cm, fit)
+    resid_fit = inputs[reader]
+    resid = readout_inputs(cm, examples, with_ci=False)[1][reader]
+    d_model = resid.shape[-1]
     truth = ground_truth(world, examples)
-    units = Units(feats.directions, feats.values)
-    result = score_recovery(units, truth, cfg.evaluation.recovery)
-    metrics |= to_metrics(result, "recovery")
-    fig = recovery_figure(result, units, truth, f"{cfg.name}: features from circuits vs ground truth")
-    save_figure(out_dir, "recovery", fig)
-    logger.log_figure("recovery/figure", fig)
-    plt.close(fig)
+    spd, neurons = _spd_candidates(cm, ci, d_model, cfg), _neuron_candidates(cm, inputs, d_model, cfg)
+    metrics: Metrics = {"features/n_fit_inputs": len(fit), "features/n_scored_inputs": len(examples),
+                        "features/n_candidates": len(spd), "controls/neurons/n_candidates": len(neurons)}
+    feats, result = Features(torch.zeros(0, d_model), torch.zeros(len(examples), 0), torch.zeros(0), torch.zeros(0)), None
+    for kind in Projection:
+        basis = projection_basis(kind, model, fit, resid_fit)
+        metrics[f"features/projection_rank/{kind.value}"] = d_model if basis is None else basis.shape[0]
+        f = apply_features(extract_features(spd, resid_fit, basis, fc), resid)
+        m, r = _score(f, truth, cfg, PROJECTION_PREFIX[kind], simplicity=kind is fc.projection)
+        metrics |= m | {f"{PROJECTION_PREFIX[kind]}/n_features": len(f)}
+        if kind is fc.projection:
+            feats, result = f, r
+            metrics |= {k.replace(PROJECTION_PREFIX[kind], "recovery", 1): v for k, v in m.items()}
+            n = apply_features(extract_features(neurons, resid_fit, basis, fc), resid)
+            metrics |= _score(n, truth, cfg, "controls/neurons/recovery")[0] | {"controls/neurons/n_features": len(n)}
+    rand = random_directions(len(feats), d_model, cfg.seed + 17)
+    metrics |= _score(Features(rand, resid @ rand.T, torch.full((len(rand),), float("-inf")), torch.ones(len(rand))),
+                      truth, cfg, "controls/random/recovery")[0]
+    save_features(out_dir, feats)
+    save_tensors(out_dir / CONTROLS_FILE, {"neurons/directions": n.directions, "neurons/values": n.values,
+                                           "random/directions": rand, "random/values": resid @ rand.T})
+    metrics |= {"features/n_features": len(feats),
+                "features/n_dense": int((feats.thresholds == float("-inf")).sum()) if len(feats) else 0}
+    log.info("features: %d (projection %s), neuron control %d, fitted on %d inputs, scored on %d others", len(feats),
+             fc.projection.value, len(n), len(fit), len(examples))
+    if result is None:
+        log.warning("no live component reads or writes the projection's span: nothing to score")
+    else:
+        units = Units(feats.directions, feats.values)
+        fig = recovery_figure(result, units, truth, f"{cfg.name}: features from circuits vs ground truth "
+                              f"(projection: {fc.projection.value})")
+        save_figure(out_dir, "recovery", fig)
+        logger.log_figure("recovery/figure", fig)
+        plt.close(fig)
     update_metrics(out_dir, metrics)
     logger.log(metrics)
     return feats, metrics

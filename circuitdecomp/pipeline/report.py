@@ -26,6 +26,38 @@ def _rows(metrics: dict[str, Any], keys: list[tuple[str, str]]) -> list[str]:
     return [f"| {label} | {_fmt(metrics[k])} |" for k, label in keys if k in metrics]
 
 
+# (metric prefix, row name) of every dictionary the headline table compares, scored by the same code
+HEADLINE_ROWS = (
+    ("recovery", "SPD features (the recipe)"),
+    ("spd_random_start/recovery", "SPD features, random start"),
+    ("controls/neurons/recovery", "no decomposition: the target's own units"),
+    ("controls/random/recovery", "random directions (chance)"),
+    ("recovery_raw", "SPD features, no projection"),
+    ("recovery_tokens", "SPD features, projected on the read-out tokens' span"),
+)
+_HEADLINE_COLUMNS = (("animals/one_to_one_frac_cos90", "animals 1:1"), ("attributes/one_to_one_frac_cos90", "attributes 1:1"),
+                     ("min/one_to_one_frac_cos90", "min 1:1"), ("animals/frac_cos90", "animals best"),
+                     ("attributes/frac_cos90", "attributes best"), ("animals/one_to_one_coef_recall", "animals coef 1:1"),
+                     ("attributes/one_to_one_coef_recall", "attributes coef 1:1"),
+                     ("min/subspace/one_to_one_frac_cos90", "min 1:1 in entity subspace"))
+
+
+def headline_lines(m: dict[str, Any]) -> list[str]:
+    """The headline table: one row per scored dictionary, one-to-one recovery at |cos| >= 0.9 first (a unit counts
+    for one true feature), then best match with replacement, coefficient recall under the one-to-one matching, and the
+    features' count against the true count and their spurious share."""
+    n_true = sum(int(m.get(f"recovery/{f}/n_features", 0)) for f in ("animals", "attributes"))
+    head = "| dictionary | " + " | ".join(label for _, label in _HEADLINE_COLUMNS) + f" | units (true: {n_true}) | spurious |"
+    lines = [head, "|---|" + "---|" * (len(_HEADLINE_COLUMNS) + 2)]
+    for prefix, name in HEADLINE_ROWS:
+        if f"{prefix}/min/one_to_one_frac_cos90" not in m:
+            continue
+        cells = [_fmt(m.get(f"{prefix}/{k}", "–")) for k, _ in _HEADLINE_COLUMNS]
+        cells += [_fmt(m.get(f"{prefix}/n_units", "–")), _fmt(m.get(f"{prefix}/spurious_frac", "–"))]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def summary_lines(m: dict[str, Any]) -> list[str]:
     """The summary table: one line per headline number that the run produced."""
     fams = ["animals", "attributes", "min"]
@@ -33,15 +65,21 @@ def summary_lines(m: dict[str, Any]) -> list[str]:
             ("target/circuits/animals_per_lookup_unit", "target: animals per look-up unit")]
     keys += [("decomp/faithfulness/components/relative_accuracy",
               "decomposition: accuracy with rounded-CI masks (components only), relative to the target"),
-             ("decomp/faithfulness/with_delta/relative_accuracy",
-              "decomposition: accuracy with rounded-CI masks plus the rest W - ΣUV, relative to the target"),
+             ("decomp/faithfulness/with_remainder/relative_accuracy",
+              "decomposition: accuracy with rounded-CI masks plus the remainder W - ΣUV, relative to the target"),
              ("decomp/faithfulness/ci_masks/relative_accuracy",
               "decomposition: accuracy with masks = CI (unrounded), relative to the target")]
-    keys += [(k, f"decomposition: share of {k.split('/')[-1]}'s action outside the components (W - ΣUV)")
+    keys += [(k, f"decomposition: ‖W - ΣUV‖ / ‖W‖ of {k.split('/')[-1]} (weights)")
+             for k in sorted(m) if k.startswith("decomp/weight_share_outside/")]
+    keys += [(k, f"decomposition: share of {k.split('/')[-1]}'s action on the data outside the components (W - ΣUV)")
              for k in sorted(m) if k.startswith("decomp/delta_share/")]
     keys += [(k, f"decomposition: live components in {k.split('/')[-1]}") for k in sorted(m) if k.startswith("decomp/n_live/")]
-    keys += [("features/n_features", "features from circuits")]
-    for metric, label in (("frac_cos90", "share at \\|cos\\| >= 0.9"), ("frac_cos99", "share at \\|cos\\| >= 0.99"),
+    keys += [("features/n_features", "features from circuits"),
+             ("features/n_fit_inputs", "inputs the features were fitted on (live components, gates)"),
+             ("features/n_scored_inputs", "other inputs they are scored on (no overlap)")]
+    for metric, label in (("one_to_one_frac_cos90", "one-to-one share at \\|cos\\| >= 0.9"),
+                          ("frac_cos90", "best-match share at \\|cos\\| >= 0.9"),
+                          ("frac_cos99", "best-match share at \\|cos\\| >= 0.99"),
                           ("coef_recall", "coefficient recall"), ("coef_r2", "coefficient R²")):
         keys += [(f"recovery/{f}/{metric}", f"recovery, {f}: {label}") for f in fams]
     keys += [(f"recovery/{f}/units_for_r2_90", f"circuit simplicity, {f}: units a read-out needs for R² 0.9") for f in fams[:2]]
@@ -54,7 +92,12 @@ def write_report(run_dir: Path, title: str) -> Path:
     """Write `report.md` into the run dir (links the figures that exist; the thesis table if baselines ran)."""
     run_dir = Path(run_dir)
     m = load_metrics(run_dir)
-    lines = [f"# {title}", "", "Numbers from `metrics.json` in this directory.", "", *summary_lines(m), ""]
+    lines = [f"# {title}", "", "Numbers from `metrics.json` in this directory. Every dictionary below is scored by the "
+             "same code on the same held-out inputs; the features are fitted on other inputs of the world.", "",
+             "## Headline: what the decomposition adds", "",
+             "Share of true features matched at \\|cos\\| >= 0.9 one-to-one (Hungarian over both families at once) "
+             "and by best match; coefficient recall of the one-to-one partner; number of units and the share matching "
+             "no true feature.", "", *headline_lines(m), "", "## Details", "", *summary_lines(m), ""]
     table = run_dir / "thesis_table.md"
     if table.exists():
         lines += ["## Features from circuits vs SAE baselines", "", table.read_text().strip(), ""]

@@ -5,17 +5,24 @@ target is loaded, the decomposition continues from its latest checkpoint (or is 
 `stages=[...]` re-runs only some stages on an existing run dir.
 """
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from torch import nn
+
 from circuitdecomp.config import Config, Stage
+from circuitdecomp.decomp.config import InitKind
 from circuitdecomp.runio import Metrics, load_metrics, update_metrics
-from circuitdecomp.tracking import Logger
+from circuitdecomp.tracking import Logger, PrefixedLogger
+from circuitdecomp.world.questions import Examples
+from circuitdecomp.world.world import World
 
 log = logging.getLogger(__name__)
+RANDOM_START = "spd_random_start"  # sub-directory and metric prefix of the decomposition from a random start
 
 
 def _target_done(run_dir: Path) -> bool:
@@ -40,6 +47,27 @@ def _timed(stage: Stage, run_dir: Path, record: bool = True) -> Iterator[None]:
     log.info("stage %s: done in %s", stage.value, _clock(seconds))
 
 
+def random_start(cfg: Config, world: World, model: nn.Module, held: Examples, run_dir: Path, logger: Logger) -> None:
+    """The decomposition and features again from a random start (`decomposition.init=random`, all else the same),
+    in `<run_dir>/spd_random_start/`; its metrics come back into the run's as `spd_random_start/...`. A recipe that
+    starts at the target's units can only be judged beside this: it shows what SPD finds by itself."""
+    from circuitdecomp.pipeline.decompose import decompose_target
+    from circuitdecomp.pipeline.features import features_stage
+
+    if cfg.decomposition.init is InitKind.random:
+        log.info("stage random_start: decomposition.init is already random; the run's own scores are that control")
+        return
+    sub = run_dir / RANDOM_START
+    sub.mkdir(exist_ok=True)
+    rcfg = dataclasses.replace(cfg, decomposition=dataclasses.replace(cfg.decomposition, init=InitKind.random))
+    sub_logger = PrefixedLogger(logger, RANDOM_START)
+    log.info("stage random_start: SPD from a random start in %s", sub)
+    with _timed(Stage.random_start, run_dir):
+        cm, _ = decompose_target(rcfg, world, model, sub, sub_logger)
+        features_stage(rcfg, world, model, cm, held, sub, sub_logger)
+    update_metrics(run_dir, {f"{RANDOM_START}/{k}": v for k, v in load_metrics(sub).items()})
+
+
 def run_pipeline(cfg: Config, run_dir: Path, logger: Logger) -> Metrics:
     """Run the stages in `cfg.stages` (all by default) in order; returns the run's metrics."""
     from circuitdecomp.target.run import build_target, load_target_run, target_config  # TransformerLens: seconds
@@ -53,7 +81,7 @@ def run_pipeline(cfg: Config, run_dir: Path, logger: Logger) -> Metrics:
             build_target(cfg, run_dir, logger)
     elif Stage.target in stages:
         log.info("stage target: found in %s, reusing it", run_dir)
-    needs_model = stages & {Stage.decompose, Stage.features}
+    needs_model = stages & {Stage.decompose, Stage.features, Stage.random_start}
     if needs_model:
         if not _target_done(run_dir):
             raise FileNotFoundError(f"{run_dir} has no finished target (target.safetensors + target metrics): "
@@ -62,15 +90,19 @@ def run_pipeline(cfg: Config, run_dir: Path, logger: Logger) -> Metrics:
         from circuitdecomp.pipeline.features import features_stage
 
         world, model = load_target_run(run_dir)
-        log.info("stage decompose: %s", ", ".join(f"{m.pattern} (C={m.C or f'{m.C_factor}x width'})" for m in cfg.decomposition.modules))
-        trains = not (run_dir / DECOMPOSITION_FILE).exists()
-        with _timed(Stage.decompose, run_dir, record=trains):
-            cm, _ = decompose_target(cfg, world, model, run_dir, logger)
+        held = held_out_batch(world, cfg.evaluation.n_inputs, cfg.seed + 11)
+        if stages & {Stage.decompose, Stage.features}:
+            log.info("stage decompose: %s", ", ".join(f"{m.pattern} (C={m.C or f'{m.C_factor}x width'})"
+                                                      for m in cfg.decomposition.modules))
+            trains = not (run_dir / DECOMPOSITION_FILE).exists()
+            with _timed(Stage.decompose, run_dir, record=trains):
+                cm, _ = decompose_target(cfg, world, model, run_dir, logger)
         if Stage.features in stages:
-            held = held_out_batch(world, cfg.evaluation.n_inputs, cfg.seed + 11)
             log.info("stage features: %d inputs", len(held))
             with _timed(Stage.features, run_dir):
                 features_stage(cfg, world, model, cm, held, run_dir, logger)
+        if Stage.random_start in stages:
+            random_start(cfg, world, model, held, run_dir, logger)
     if Stage.baselines in stages:
         from circuitdecomp.baselines.run import run_baselines
 
