@@ -29,3 +29,27 @@ def tiny_mlp() -> torch.nn.Module:
 def tiny_sparse_batch(gen: torch.Generator) -> torch.Tensor:
     """32 sparse non-negative inputs for `tiny_mlp`."""
     return torch.rand(32, 6, generator=gen) * (torch.rand(32, 6, generator=gen) < 0.2)
+
+
+from circuitdecomp.world.config import WorldConfig  # noqa: E402  (after the wandb settings above)
+
+# the tiny animal world of the target and decomposition tests: enough held-out pairs that every question type has some
+TINY = WorldConfig(name="tiny", n_attributes=16, n_animals=24, n_houses=8, n_economies=8, n_facts=2, n_fact_answers=5,
+                   holdout_fraction=0.3)
+
+
+@pytest.fixture(scope="module")
+def world():
+    """The tiny world (seed 1); a test module may define its own `world` instead."""
+    from circuitdecomp.world.world import make_world
+
+    return make_world(TINY, seed=1)
+
+
+@pytest.fixture(scope="module")
+def planted(world):
+    """The planted target on the tiny world (seed 1)."""
+    from circuitdecomp.target.config import TargetKind, TransformerTargetConfig
+    from circuitdecomp.target.planted import planted_model
+
+    return planted_model(world, TransformerTargetConfig(kind=TargetKind.planted), seed=1)

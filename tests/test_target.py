@@ -12,22 +12,7 @@ from circuitdecomp.tracking import NullLogger
 from circuitdecomp.world.config import WorldConfig
 from circuitdecomp.world.world import make_world
 
-from conftest import REPO
-
-TINY = WorldConfig(name="tiny", n_attributes=16, n_animals=24, n_houses=8, n_economies=8, n_facts=2, n_fact_answers=5,
-                   holdout_fraction=0.3)  # enough held-out pairs that every question type has some
-
-
-@pytest.fixture(scope="module")
-def world():
-    return make_world(TINY, seed=1)
-
-
-@pytest.fixture(scope="module")
-def planted(world):
-    from circuitdecomp.target.planted import planted_model
-
-    return planted_model(world, TransformerTargetConfig(kind=TargetKind.planted), seed=1)
+from conftest import REPO, TINY
 
 
 def test_fixed_rows_and_context_constraints_survive_adamw_weight_decay(world):

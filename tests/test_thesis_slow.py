@@ -6,23 +6,22 @@ control of a planted target (whose units are the planted circuits) scores as wel
 headline stands beside it.
 """
 
-import pytest
-from hydra import compose, initialize_config_dir
+import json
+import subprocess
+import sys
 
-from circuitdecomp.cli import CONFIG_DIR
-from circuitdecomp.config import Stage, load_config
-from circuitdecomp.pipeline.run import run_pipeline
-from circuitdecomp.tracking import NullLogger
+import pytest
+
+from conftest import REPO
 
 
 @pytest.mark.slow
 def test_world_mini_recovers_both_families_one_to_one_beside_the_controls(tmp_path):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = load_config(compose("config", overrides=["experiment=world_mini", "tracking.mode=disabled",
-                                                       f"stages=[{Stage.target.value},{Stage.decompose.value},"
-                                                       f"{Stage.features.value},{Stage.random_start.value},"
-                                                       f"{Stage.report.value}]"]))
-    m = run_pipeline(cfg, tmp_path, NullLogger())
+    stages = "stages=[target,decompose,features,random_start,report]"  # the SAE sweep has its own tests
+    proc = subprocess.run([sys.executable, "scripts/pipeline.py", "experiment=world_mini", "tracking.mode=disabled", stages,
+                           f"hydra.run.dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["target/accuracy/min"] >= 0.99
     for family in ("animals", "attributes"):
         assert m[f"recovery/{family}/one_to_one_frac_cos90"] >= 0.95, family

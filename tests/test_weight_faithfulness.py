@@ -7,12 +7,7 @@ from torch import nn
 from circuitdecomp.decomp.config import DecompositionConfig, InitKind, ModuleSpec
 from circuitdecomp.decomp.model import CausalImportance, ComponentModel
 from circuitdecomp.pipeline.decompose import AnswerLogits, decomposition_view, faithfulness_metrics, weight_share_outside
-from circuitdecomp.target.config import TargetKind, TransformerTargetConfig
-from circuitdecomp.world.config import WorldConfig
-from circuitdecomp.world.world import make_world
 
-TINY = WorldConfig(name="tiny", n_attributes=16, n_animals=24, n_houses=8, n_economies=8, n_facts=2, n_fact_answers=5,
-                   holdout_fraction=0.3)  # as tests/test_target.py
 MODULES = ["blocks.*.mlp.in", "blocks.*.mlp.out", "unembed"]
 
 
@@ -35,18 +30,10 @@ def test_weight_share_outside_by_hand_embedding_included():
     with torch.no_grad():
         lin.U.zero_()
     assert weight_share_outside(cm)["decomp/weight_share_outside/1"] == pytest.approx(1.0)  # nothing inside
-
-
-@pytest.fixture(scope="module")
-def world():
-    return make_world(TINY, seed=1)
-
-
-@pytest.fixture(scope="module")
-def planted(world):
-    from circuitdecomp.target.planted import planted_model
-
-    return planted_model(world, TransformerTargetConfig(kind=TargetKind.planted), seed=1)
+    with torch.no_grad():
+        model[1].weight.zero_()  # a zero matrix has no share: its components' norm is reported instead
+    assert weight_share_outside(cm) == {"decomp/weight_share_outside/0": pytest.approx(2 / 3),
+                                        "decomp/weight_outside_norm/1": pytest.approx(0.0)}
 
 
 def _cm(world, planted, init: InitKind) -> ComponentModel:

@@ -145,12 +145,17 @@ def faithfulness_metrics(cm: ComponentModel, examples: Examples) -> Metrics:
 @torch.no_grad()
 def weight_share_outside(cm: ComponentModel) -> Metrics:
     """Per decomposed matrix (embeddings included): ||W - ΣUV||_F / ||W||_F, the share of the weights the components
-    leave out, whatever the data. W is the decomposed copy's (`decomposition_view`: the unembedding's answer rows)."""
+    leave out, whatever the data. W is the decomposed copy's (`decomposition_view`: the unembedding's answer rows).
+    A matrix that is exactly zero (the planted target's W_Q, W_K: uniform attention) has no share: it is left out,
+    and `decomp/weight_outside_norm/<module>` gives ||ΣUV||_F for it instead."""
     out: Metrics = {}
     for path in cm.paths:
         comp = cm.component(path)
-        share = comp.weight_delta().norm() / comp.target_weight().norm().clamp_min(1e-12)
-        out[f"decomp/weight_share_outside/{path}"] = share.item()
+        w = comp.target_weight().norm()
+        if w == 0:
+            out[f"decomp/weight_outside_norm/{path}"] = comp.weight_delta().norm().item()
+            continue
+        out[f"decomp/weight_share_outside/{path}"] = (comp.weight_delta().norm() / w).item()
     return out
 
 
