@@ -180,11 +180,27 @@ def _score(feats: Features, truth: GroundTruth, cfg: Config, prefix: str,
     return to_metrics(result, prefix), result
 
 
+def _controls(neurons: list[Candidate], resid_fit: Tensor, resid: Tensor, basis: Tensor | None, n_features: int,
+              truth: GroundTruth, cfg: Config, out_dir: Path) -> Metrics:
+    """The neuron control (the target's units through the same extraction) and the random control (as many random
+    directions as features), scored and saved in `controls.safetensors`."""
+    n = apply_features(extract_features(neurons, resid_fit, basis, cfg.features), resid)
+    rand = random_directions(n_features, resid.shape[-1], cfg.seed + 17)
+    metrics = _score(n, truth, cfg, "controls/neurons/recovery")[0] | {"controls/neurons/n_features": len(n)}
+    metrics |= _score(Features(rand, resid @ rand.T, torch.full((len(rand),), float("-inf")), torch.ones(len(rand))),
+                      truth, cfg, "controls/random/recovery")[0]
+    save_tensors(out_dir / CONTROLS_FILE, {"neurons/directions": n.directions, "neurons/values": n.values,
+                                           "random/directions": rand, "random/values": resid @ rand.T})
+    log.info("controls: %d features from the target's own units, %d random directions", len(n), len(rand))
+    return metrics
+
+
 def features_stage(cfg: Config, world: World, model: nn.Module, cm: ComponentModel, examples: Examples,
-                   out_dir: Path, logger: Logger) -> tuple[Features, Metrics]:
+                   out_dir: Path, logger: Logger, controls: bool = True) -> tuple[Features, Metrics]:
     """Extract, save and score the features from circuits and the controls; metrics `recovery/...` (the configured
     projection), `recovery_<raw|data|tokens>/...` (each projection), `controls/<neurons|random>/recovery/...` and
-    `features/...`. Features are fitted on inputs disjoint from the scored `examples`."""
+    `features/...`. Features are fitted on inputs disjoint from the scored `examples`. `controls=False` skips the
+    controls (a second decomposition of the same target has the same ones)."""
     fc = cfg.features
     fit = fit_sample(disjoint_from(world.examples, examples), fc.fit_max_inputs, cfg.seed + 13)
     reader = _reader(cm, cfg)
@@ -193,9 +209,12 @@ def features_stage(cfg: Config, world: World, model: nn.Module, cm: ComponentMod
     resid = readout_inputs(cm, examples, with_ci=False)[1][reader]
     d_model = resid.shape[-1]
     truth = ground_truth(world, examples)
-    spd, neurons = _spd_candidates(cm, ci, d_model, cfg), _neuron_candidates(cm, inputs, d_model, cfg)
+    spd = _spd_candidates(cm, ci, d_model, cfg)
+    neurons = _neuron_candidates(cm, inputs, d_model, cfg) if controls else []
     metrics: Metrics = {"features/n_fit_inputs": len(fit), "features/n_scored_inputs": len(examples),
-                        "features/n_candidates": len(spd), "controls/neurons/n_candidates": len(neurons)}
+                        "features/n_candidates": len(spd)}
+    if controls:
+        metrics["controls/neurons/n_candidates"] = len(neurons)
     feats, result = Features(torch.zeros(0, d_model), torch.zeros(len(examples), 0), torch.zeros(0), torch.zeros(0)), None
     for kind in Projection:
         basis = projection_basis(kind, model, fit, resid_fit)
@@ -206,18 +225,13 @@ def features_stage(cfg: Config, world: World, model: nn.Module, cm: ComponentMod
         if kind is fc.projection:
             feats, result = f, r
             metrics |= {k.replace(PROJECTION_PREFIX[kind], "recovery", 1): v for k, v in m.items()}
-            n = apply_features(extract_features(neurons, resid_fit, basis, fc), resid)
-            metrics |= _score(n, truth, cfg, "controls/neurons/recovery")[0] | {"controls/neurons/n_features": len(n)}
-    rand = random_directions(len(feats), d_model, cfg.seed + 17)
-    metrics |= _score(Features(rand, resid @ rand.T, torch.full((len(rand),), float("-inf")), torch.ones(len(rand))),
-                      truth, cfg, "controls/random/recovery")[0]
+            if controls:
+                metrics |= _controls(neurons, resid_fit, resid, basis, len(f), truth, cfg, out_dir)
     save_features(out_dir, feats)
-    save_tensors(out_dir / CONTROLS_FILE, {"neurons/directions": n.directions, "neurons/values": n.values,
-                                           "random/directions": rand, "random/values": resid @ rand.T})
     metrics |= {"features/n_features": len(feats),
                 "features/n_dense": int((feats.thresholds == float("-inf")).sum()) if len(feats) else 0}
-    log.info("features: %d (projection %s), neuron control %d, fitted on %d inputs, scored on %d others", len(feats),
-             fc.projection.value, len(n), len(fit), len(examples))
+    log.info("features: %d (projection %s), fitted on %d inputs, scored on %d others", len(feats),
+             fc.projection.value, len(fit), len(examples))
     if result is None:
         log.warning("no live component reads or writes the projection's span: nothing to score")
     else:

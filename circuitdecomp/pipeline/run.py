@@ -64,7 +64,7 @@ def random_start(cfg: Config, world: World, model: nn.Module, held: Examples, ru
     log.info("stage random_start: SPD from a random start in %s", sub)
     with _timed(Stage.random_start, run_dir):
         cm, _ = decompose_target(rcfg, world, model, sub, sub_logger)
-        features_stage(rcfg, world, model, cm, held, sub, sub_logger)
+        features_stage(rcfg, world, model, cm, held, sub, sub_logger, controls=False)  # same target: same controls
     update_metrics(run_dir, {f"{RANDOM_START}/{k}": v for k, v in load_metrics(sub).items()})
 
 
