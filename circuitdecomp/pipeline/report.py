@@ -32,6 +32,7 @@ HEADLINE_ROWS = (
     ("spd_random_start/recovery", "SPD features, random start"),
     ("controls/neurons/recovery", "no decomposition: the target's own units"),
     ("controls/random/recovery", "random directions (chance)"),
+    ("baselines/oracle", "best SAE per column (oracle over the sweep)"),
     ("recovery_raw", "SPD features, no projection"),
     ("recovery_tokens", "SPD features, projected on the read-out tokens' span"),
 )
