@@ -100,27 +100,6 @@ def _reader(cm: ComponentModel, cfg: Config) -> str:
     return readers[0]
 
 
-@torch.no_grad()
-def circuit_features(cm: ComponentModel, model: nn.Module, examples: Examples, cfg: Config,
-                     fit: Examples | None = None) -> Features:
-    """Turn the decomposition's live components into features (features/extract.py), valued on `examples`.
-
-    Live components, gates and orientation are fitted on `fit` (default: `examples`); the pipeline fits on inputs
-    disjoint from the scored ones (`disjoint_from`).
-    """
-    reader = _reader(cm, cfg)
-    fit = examples if fit is None else fit
-    ci, inputs = readout_inputs(cm, fit)
-    cands = _spd_candidates(cm, ci, inputs[reader].shape[-1], cfg)
-    basis = projection_basis(cfg.features.projection, model, fit, inputs[reader])
-    feats = extract_features(cands, inputs[reader], basis, cfg.features)
-    log.info("%d candidate directions from %d modules on %d inputs -> %d features", len(cands), len(cm.paths),
-             len(fit), len(feats))
-    if fit is not examples and len(feats):
-        feats = apply_features(feats, readout_inputs(cm, examples, with_ci=False)[1][reader])
-    return feats
-
-
 def _spd_candidates(cm: ComponentModel, ci: dict[str, Tensor], d_model: int, cfg: Config) -> list[Candidate]:
     V = {p: cm.component(p).V.detach() for p in cm.paths}
     U = {p: cm.component(p).U.detach() for p in cm.paths}
@@ -195,6 +174,7 @@ def _controls(neurons: list[Candidate], resid_fit: Tensor, resid: Tensor, basis:
     return metrics
 
 
+@torch.no_grad()
 def features_stage(cfg: Config, world: World, model: nn.Module, cm: ComponentModel, examples: Examples,
                    out_dir: Path, logger: Logger, controls: bool = True) -> tuple[Features, Metrics]:
     """Extract, save and score the features from circuits and the controls; metrics `recovery/...` (the configured
