@@ -51,7 +51,7 @@ def random_start(cfg: Config, world: World, model: nn.Module, held: Examples, ru
     """The decomposition and features again from a random start (`decomposition.init=random`, all else the same),
     in `<run_dir>/spd_random_start/`; its metrics come back into the run's as `spd_random_start/...`. A recipe that
     starts at the target's units can only be judged beside this: it shows what SPD finds by itself."""
-    from circuitdecomp.pipeline.decompose import decompose_target
+    from circuitdecomp.pipeline.decompose import DECOMPOSITION_FILE, decompose_target
     from circuitdecomp.pipeline.features import features_stage
 
     if cfg.decomposition.init is InitKind.random:
@@ -62,7 +62,7 @@ def random_start(cfg: Config, world: World, model: nn.Module, held: Examples, ru
     rcfg = dataclasses.replace(cfg, decomposition=dataclasses.replace(cfg.decomposition, init=InitKind.random))
     sub_logger = PrefixedLogger(logger, RANDOM_START)
     log.info("stage random_start: SPD from a random start in %s", sub)
-    with _timed(Stage.random_start, run_dir):
+    with _timed(Stage.random_start, run_dir, record=not (sub / DECOMPOSITION_FILE).exists()):  # a loaded one keeps its time
         cm, _ = decompose_target(rcfg, world, model, sub, sub_logger)
         features_stage(rcfg, world, model, cm, held, sub, sub_logger, controls=False)  # same target: same controls
     update_metrics(run_dir, {f"{RANDOM_START}/{k}": v for k, v in load_metrics(sub).items()})
