@@ -79,7 +79,8 @@ def run_baselines(cfg: Config, run_dir: Path, logger: Logger, out_dir: Path | No
     """Train and score the SAE sweep on the target of `run_dir`; writes table, figure, SAEs and metrics to `out_dir` (default run_dir).
 
     The table gets the features stage's rows on top (features from circuits, from a random start, the neuron and
-    random controls) when `run_dir` holds them (values on the same held-out inputs). The sweep resumes: an interrupted run re-run with the same settings and
+    random controls) when `run_dir` holds them (values on the same held-out inputs).
+    The sweep resumes: an interrupted run re-run with the same settings and
     `out_dir` loads the SAEs it finished and continues the one it was training (`run_sweep`).
     """
     from circuitdecomp.pipeline.decompose import held_out_batch

@@ -165,11 +165,12 @@ def _controls(neurons: list[Candidate], resid_fit: Tensor, resid: Tensor, basis:
     directions as features), scored and saved in `controls.safetensors`."""
     n = apply_features(extract_features(neurons, resid_fit, basis, cfg.features), resid)
     rand = random_directions(n_features, resid.shape[-1], cfg.seed + 17)
+    rand_values = resid @ rand.T  # ungated projections
     metrics = _score(n, truth, cfg, "controls/neurons/recovery")[0] | {"controls/neurons/n_features": len(n)}
-    metrics |= _score(Features(rand, resid @ rand.T, torch.full((len(rand),), float("-inf")), torch.ones(len(rand))),
+    metrics |= _score(Features(rand, rand_values, torch.full((len(rand),), float("-inf")), torch.ones(len(rand))),
                       truth, cfg, "controls/random/recovery")[0]
     save_tensors(out_dir / CONTROLS_FILE, {"neurons/directions": n.directions, "neurons/values": n.values,
-                                           "random/directions": rand, "random/values": resid @ rand.T})
+                                           "random/directions": rand, "random/values": rand_values})
     log.info("controls: %d features from the target's own units, %d random directions", len(n), len(rand))
     return metrics
 
