@@ -97,6 +97,7 @@ def register() -> None:
     cs.store(group="target", name="schema_tms", node=TMSConfig)
     cs.store(group="target", name="schema_resid_mlp", node=ResidMLPConfig)
     cs.store(group="target", name="schema_trained", node=TransformerTargetConfig)
+    cs.store(group="target", name="schema_templated", node=TransformerTargetConfig(kind=TargetKind.templated))
     cs.store(group="target", name="schema_planted", node=TransformerTargetConfig(kind=TargetKind.planted))
     cs.store(group="decomposition", name="schema", node=DecompositionConfig)
     cs.store(group="evaluation", name="schema", node=EvaluationConfig)

@@ -92,8 +92,11 @@ def test_bad_target_configs_name_the_key():
         TransformerTargetConfig(question_mix={"colour": 1.0})
     with pytest.raises(ValueError, match="n_layers"):
         TransformerTargetConfig(n_layers=3)
+    for key, value in (("animal_templates", True), ("units_per_question", 2), ("context_init_norm", 3.0)):  # ground-truth rule
+        with pytest.raises(ValueError, match=f"target.{key}={value} .*target=templated"):
+            TransformerTargetConfig(**{key: value})
     with pytest.raises(ValueError, match="train_attention=false"):  # groups gate on a question code that must not drift
-        TransformerTargetConfig(units_per_question=2, train_attention=True)
+        TransformerTargetConfig(kind=TargetKind.templated, animal_templates=True, units_per_question=2, train_attention=True)
 
 
 def test_planted_width_is_checked(world):
@@ -163,7 +166,7 @@ def test_init_templates_detect_one_animal_each_and_question_information_is_stron
     from circuitdecomp.target.model import build_model
     from circuitdecomp.target.train import _init, n_templates
 
-    cfg = TransformerTargetConfig(context_init_norm=3.0)
+    cfg = TransformerTargetConfig(kind=TargetKind.templated, animal_templates=True, context_init_norm=3.0)
     model = build_model(world, cfg, seed=0)
     _init(model, cfg, world, torch.Generator().manual_seed(0))
     k = n_templates(world, cfg)
@@ -187,7 +190,8 @@ def test_init_question_groups_fire_on_their_own_question_only_and_read_no_entity
     from circuitdecomp.target.model import question_of_units
     from circuitdecomp.target.train import _init, n_templates
 
-    cfg = TransformerTargetConfig(units_per_question=3, train_attention=False)
+    cfg = TransformerTargetConfig(kind=TargetKind.templated, animal_templates=True, context_init_norm=3.0, units_per_question=3,
+                                  train_attention=False)
     n_q = len(TINY.asked_attributes)
     assert mlp_width(world, cfg) == TINY.n_animals + 3 * n_q
     model = build_model(world, cfg, seed=0)
@@ -211,7 +215,8 @@ def test_templates_make_one_lookup_unit_per_animal_free_units_are_shared_and_gro
     w = make_world(WorldConfig(name="t", n_attributes=24, n_animals=64, n_houses=8, n_economies=8, n_facts=3,
                                attribute_margin=0.5, holdout_fraction=0.2), 0)
     metrics = {}
-    variants = {"templates": {}, "free": {"animal_templates": False}, "groups": {"units_per_question": 4, "train_attention": False}}
+    templated = {"kind": TargetKind.templated, "animal_templates": True, "context_init_norm": 3.0}
+    variants = {"templates": templated, "free": {}, "groups": templated | {"units_per_question": 4, "train_attention": False}}
     for name, change in variants.items():
         cfg = TransformerTargetConfig(train_steps=300, batch_size=256, warmup_steps=20, eval_every=0, **change)
         model = train_target(w, cfg, seed=0, logger=NullLogger()).model
@@ -258,7 +263,7 @@ def test_templates_need_room_in_the_mlp(world):
     from circuitdecomp.target.model import build_model
 
     with pytest.raises(ValueError, match="animal_templates"):
-        build_model(world, TransformerTargetConfig(d_mlp=TINY.n_animals), seed=0)
+        build_model(world, TransformerTargetConfig(kind=TargetKind.templated, animal_templates=True, d_mlp=TINY.n_animals), seed=0)
 
 
 def test_mechanism_probe_keeps_attribute_rows_when_size_and_fact_rows_fill_it(world):

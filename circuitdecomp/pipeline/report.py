@@ -106,3 +106,36 @@ def write_report(run_dir: Path, title: str) -> Path:
         if (run_dir / f"{stem}.png").exists():
             lines += [f"![{stem}]({stem}.png)", "", f"*{caption}*", ""]
     return write_text(run_dir / REPORT_FILE, "\n".join(lines))
+
+
+# The ladder of targets (docs/targets.md): one column per finished pipeline run, one row per number the issue asks for
+LADDER_ROWS = (
+    *((f"target/accuracy/{q}", f"held-out accuracy: {q}") for q in ("attribute", "size_animal", "size_house", "size_economy", "fact")),
+    ("target/circuits/animals_per_lookup_unit", "target: animals per look-up unit"),
+    ("target/circuits/attribute_read_purity", "target: attribute read purity"),
+    ("controls/neurons/recovery/animals/one_to_one_frac_cos90", "neuron control: animals 1:1"),
+    ("controls/neurons/recovery/attributes/one_to_one_frac_cos90", "neuron control: attributes 1:1"),
+    ("recovery/animals/one_to_one_frac_cos90", "SPD (from the neurons): animals 1:1"),
+    ("recovery/attributes/one_to_one_frac_cos90", "SPD (from the neurons): attributes 1:1"),
+    ("spd_random_start/recovery/animals/one_to_one_frac_cos90", "SPD (random start): animals 1:1"),
+    ("spd_random_start/recovery/attributes/one_to_one_frac_cos90", "SPD (random start): attributes 1:1"),
+    ("recovery/animals/one_to_one_coef_recall", "SPD (from the neurons): animals coefficient recall"),
+    ("recovery/attributes/one_to_one_coef_recall", "SPD (from the neurons): attributes coefficient recall"),
+    ("decomp/faithfulness/components/relative_accuracy", "faithfulness: rounded CI, components only"),
+    ("decomp/faithfulness/with_remainder/relative_accuracy", "faithfulness: rounded CI plus the remainder W - ΣUV"),
+    ("time/decompose_s", "SPD wall time (s)"),
+)
+
+
+def ladder_lines(runs: dict[str, dict[str, Any]]) -> list[str]:
+    """A markdown table: one column per run (name -> its metrics), one row per `LADDER_ROWS` entry; '–' where a run
+    lacks a number (a stage it did not run)."""
+    lines = ["| | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
+    for key, label in LADDER_ROWS:
+        lines.append(f"| {label} | " + " | ".join(_fmt(m[key]) if key in m else "–" for m in runs.values()) + " |")
+    return lines
+
+
+def ladder(run_dirs: dict[str, Path]) -> str:
+    """The ladder table of finished pipeline runs (name -> run directory), read from their metrics.json."""
+    return "\n".join(ladder_lines({name: load_metrics(Path(d)) for name, d in run_dirs.items()})) + "\n"

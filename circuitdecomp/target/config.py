@@ -11,8 +11,9 @@ from circuitdecomp.world.vocab import QuestionType
 class TargetKind(str, Enum):
     tms = "tms"
     resid_mlp = "resid_mlp"
-    trained = "trained"  # the animal-world transformer, trained
-    planted = "planted"  # the animal-world transformer, weights set by construction
+    trained = "trained"  # the animal-world transformer, trained from a standard init with no ground truth (the default)
+    templated = "templated"  # trained, but look-up units start at the true animal directions (ground truth in the init)
+    planted = "planted"  # the animal-world transformer, weights set by construction (the positive control)
 
 
 @dataclass
@@ -81,9 +82,14 @@ def default_question_mix() -> dict[str, float]:
 
 @dataclass
 class TransformerTargetConfig(TargetConfig):
-    """The animal-world transformer (TransformerLens, built natively): trained, or planted by construction.
+    """The animal-world transformer (TransformerLens, built natively): trained, templated or planted.
 
-    Architecture (shared by both): `n_layers` blocks of attention + ReLU MLP, no LayerNorm. Entity embedding
+    `trained` reads no ground truth in its construction (tests/test_ground_truth_free.py checks it with a world
+    whose ground-truth tensors raise when read): every trainable weight starts from TransformerLens' init, and the
+    knobs that use the world's directions or reshape the init (`animal_templates`, `units_per_question`,
+    `context_init_norm`) are refused; `templated` allows them (docs/targets.md).
+
+    Architecture (shared by all): `n_layers` blocks of attention + ReLU MLP, no LayerNorm. Entity embedding
     rows are fixed at the world's directions; attention reads and writes only the context subspace, so the
     entity's residual at the read-out position is exactly its embedding plus question information.
     """
@@ -100,9 +106,9 @@ class TransformerTargetConfig(TargetConfig):
     warmup_steps: int = 100
     label_smoothing: float = 0.05  # caps logit saturation: the optimum has finite margins
     # Shaping (docs/results_log.md, 2026-11-25 "Trained target, round 2", measures each one):
-    animal_templates: bool = True  # the first n_animals units start as detectors of one animal each (data init)
+    animal_templates: bool = False  # templated only: the first n_animals units start as detectors of one animal each (data init)
     template_threshold: float = 0.9  # a template unit starts firing above this cosine with its animal
-    context_init_norm: float = 3.0  # question information starts this strong at the read-out (entities have norm 1)
+    context_init_norm: float = 0.0  # templated only (0: TL's init): question information starts this strong at the read-out (entities have norm 1)
     act_l1: float = 0.015  # L1 on every unit's activations on fact questions: pressure towards one unit per animal
     lookup_gate_l1: float = 0.03  # L1 on template units' activations on other questions: look-ups stay off there
     attribute_l1: float = 0.0  # L1 on the other units' activations on other questions: fewer units per attribute question
@@ -124,8 +130,15 @@ class TransformerTargetConfig(TargetConfig):
     max_retries: int = 2
 
     def __post_init__(self) -> None:
-        check(self.kind in (TargetKind.trained, TargetKind.planted),
-              f"target.kind={self.kind.value}: the animal-world transformer is 'trained' or 'planted'")
+        check(self.kind in (TargetKind.trained, TargetKind.templated, TargetKind.planted),
+              f"target.kind={self.kind.value}: the animal-world transformer is 'trained', 'templated' or 'planted'")
+        if self.kind == TargetKind.trained:  # the ground-truth rule: nothing from the world's directions, standard init
+            for name, reads in (("animal_templates", "starts units at the true animal directions"),
+                                ("units_per_question", "sets units' reads by solving for the question codes"),
+                                ("context_init_norm", "rescales attention's init")):
+                check(not getattr(self, name), f"target.{name}={getattr(self, name)} {reads}; target=trained starts every "
+                      "weight from the standard init and reads no ground truth: use target=templated for that recipe, "
+                      f"or set target.{name}={'false' if name == 'animal_templates' else 0}")
         check(self.n_layers in (1, 2), f"target.n_layers={self.n_layers}: the animal-world target has 1 or 2 layers")
         check(self.n_heads >= 1, f"target.n_heads={self.n_heads} must be >= 1")
         check(self.d_mlp is None or self.d_mlp >= 1, f"target.d_mlp={self.d_mlp} must be >= 1 or null (automatic)")

@@ -39,7 +39,7 @@ def target_config(cfg: Config) -> TransformerTargetConfig:
     """The target config, refusing toy targets with the fix in the message."""
     if not isinstance(cfg.target, TransformerTargetConfig):
         raise ConfigError(f"target={cfg.target.kind.value} is a toy; train_target.py builds the animal-world transformer: "
-                         "pass target=trained or target=planted (and ~experiment if an experiment sets a toy target)")
+                         "pass target=trained, target=templated or target=planted (and ~experiment if an experiment sets a toy target)")
     return cfg.target
 
 
@@ -60,7 +60,7 @@ def build_target(cfg: Config, out_dir: Path, logger: Logger) -> dict[str, float]
     match t.kind:
         case TargetKind.planted:
             model, seconds = planted_model(world, t, cfg.seed), 0.0
-        case TargetKind.trained:
+        case TargetKind.trained | TargetKind.templated:
             result = train_target(world, t, cfg.seed, logger, cfg.tracking.log_every, evaluate=checkpoint, out_dir=out_dir)
             model, seconds = bake(result.model), result.seconds
             log.info("trained %d steps in %.1f s", t.train_steps, seconds)

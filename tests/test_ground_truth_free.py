@@ -1,0 +1,83 @@
+"""The ground-truth rule for the default target: its construction and training read no ground-truth tensor.
+
+The world handed to training is `guarded`: its directions, attribute values, fact tables and sizes raise
+GroundTruthRead on any read (circuitdecomp/world/guard.py). The default target (configs/target/trained.yaml, as
+Hydra composes it for `make run`) must train on it; the templated recipe, which starts its look-up units at the true
+animal directions, must not (so the guard is known to catch a read).
+"""
+
+import pytest
+import torch
+
+from circuitdecomp.target.config import TargetKind, TransformerTargetConfig
+from circuitdecomp.tracking import NullLogger
+from circuitdecomp.world.guard import GroundTruthRead, guarded
+from tests.conftest import REPO
+
+
+def _composed_target(*overrides: str) -> TransformerTargetConfig:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from circuitdecomp.config import Config, register
+
+    register()
+    with initialize_config_dir(config_dir=f"{REPO}/configs", version_base="1.3"):
+        raw = compose(config_name="config", overrides=list(overrides))
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), raw)).target
+
+
+def _quick(cfg: TransformerTargetConfig) -> TransformerTargetConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, train_steps=4, batch_size=32, warmup_steps=1, eval_every=0)
+
+
+def test_guarded_world_raises_on_every_ground_truth_read_and_keeps_the_inputs(world):
+    g = guarded(world)
+    for read in (lambda: g.animal_directions, lambda: g.attribute_directions @ torch.ones(g.d_model),
+                 lambda: g.fact_answers[0], lambda: g.attribute_values.clone(), lambda: g.house_sizes.tolist(),
+                 lambda: g.geometry.entity_basis):
+        with pytest.raises(GroundTruthRead, match="ground truth"):
+            read()
+    assert torch.equal(g.entity_embeddings(), world.entity_embeddings())  # the fixed inputs stay readable
+    assert torch.equal(g.geometry.context_projector(), world.geometry.context_projector())
+    assert torch.equal(g.examples.tokens, world.examples.tokens)
+    assert g.attribute_values.shape == world.attribute_values.shape  # metadata (sizes) is not ground truth
+
+
+@pytest.mark.parametrize("overrides", [(), ("target=plain",)], ids=["default", "plain"])
+def test_default_target_is_trained_and_its_construction_reads_no_ground_truth(world, overrides):
+    from circuitdecomp.target.train import train_target
+
+    cfg = _composed_target(*overrides)
+    assert cfg.kind == TargetKind.trained and cfg.train_attention
+    result = train_target(guarded(world), _quick(cfg), seed=0, logger=NullLogger())
+    assert torch.isfinite(torch.tensor(result.final_loss))
+
+
+def test_templated_target_is_caught_reading_ground_truth(world):
+    from circuitdecomp.target.train import train_target
+
+    cfg = _composed_target("target=templated")
+    assert cfg.kind == TargetKind.templated and cfg.animal_templates
+    with pytest.raises(GroundTruthRead, match="attribute_values"):
+        train_target(guarded(world), _quick(cfg), seed=0, logger=NullLogger())
+
+
+def test_ladder_script_prints_one_column_per_run_and_refuses_a_bad_argument(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    for name, acc in (("a", 0.5), ("b", 0.25)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"target/accuracy/fact": acc, "time/decompose_s": 12.0}))
+    run = subprocess.run([sys.executable, f"{REPO}/scripts/ladder.py", f"first={tmp_path / 'a'}", f"second={tmp_path / 'b'}"],
+                         capture_output=True, text=True, check=True)
+    lines = run.stdout.splitlines()
+    assert lines[0] == "| | first | second |"
+    assert "| held-out accuracy: fact | 0.500 | 0.250 |" in lines
+    assert "| SPD (random start): animals 1:1 | – | – |" in lines  # a stage the runs did not have
+    bad = subprocess.run([sys.executable, f"{REPO}/scripts/ladder.py", f"x={tmp_path}"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "not name=run_dir with a metrics.json" in bad.stderr
