@@ -81,3 +81,12 @@ def test_ladder_script_prints_one_column_per_run_and_refuses_a_bad_argument(tmp_
     assert "| SPD (random start): animals 1:1 | – | – |" in lines  # a stage the runs did not have
     bad = subprocess.run([sys.executable, f"{REPO}/scripts/ladder.py", f"x={tmp_path}"], capture_output=True, text=True)
     assert bad.returncode == 2 and "not name=run_dir with a metrics.json" in bad.stderr
+
+
+def test_a_run_made_before_the_rule_loads_its_templated_target_as_templated():
+    from circuitdecomp.target.run import legacy_target
+
+    old = {"kind": "trained", "animal_templates": True, "units_per_question": 8, "context_init_norm": 3.0}
+    assert legacy_target(old)["kind"] == "templated" and old["kind"] == "trained"  # the saved dict is left alone
+    assert legacy_target({"kind": "trained", "animal_templates": False})["kind"] == "trained"
+    assert legacy_target({"kind": "planted"})["kind"] == "planted"

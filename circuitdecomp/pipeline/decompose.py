@@ -213,12 +213,17 @@ def ci_question_figure(by_q: dict[str, Tensor], live: dict[str, Tensor], title: 
     return fig
 
 
-def decompose_target(cfg: Config, world: World, model: nn.Module, out_dir: Path, logger: Logger) -> tuple[ComponentModel, Metrics]:
-    """SPD on the world's target (resumes from out_dir's checkpoints); saves decomposition + checks + CI figure."""
+def decompose_target(cfg: Config, world: World, model: nn.Module, out_dir: Path, logger: Logger,
+                     cm: ComponentModel | None = None) -> tuple[ComponentModel, Metrics]:
+    """SPD on the world's target (resumes from out_dir's checkpoints); saves decomposition + checks + CI figure.
+
+    `cm`: a component model built by `component_model` whose components the caller has set (a diagnostic start,
+    e.g. scripts/truth_start.py); None builds it from `decomposition.init`.
+    """
     out_dir = Path(out_dir)
     d = cfg.decomposition
     seed = decomposition_seed(cfg)
-    cm = component_model(model, cfg, world)
+    cm = component_model(model, cfg, world) if cm is None else cm
     mix = dict(cfg.decompose_mix)
     sampler = Sampler(world.examples, mix, seed)
     held = held_out_batch(world, cfg.evaluation.n_inputs, cfg.seed + 11)

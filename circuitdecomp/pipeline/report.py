@@ -113,6 +113,8 @@ LADDER_ROWS = (
     *((f"target/accuracy/{q}", f"held-out accuracy: {q}") for q in ("attribute", "size_animal", "size_house", "size_economy", "fact")),
     ("target/circuits/animals_per_lookup_unit", "target: animals per look-up unit"),
     ("target/circuits/attribute_read_purity", "target: attribute read purity"),
+    ("target/mechanisms/attribute_reads/keep_only_u", "target: attribute accuracy, entity reduced to its u_j part"),
+    ("target/mechanisms/attribute_reads/keep_only_u_kl", "target: KL of the answers, entity reduced to its u_j part"),
     ("controls/neurons/recovery/animals/one_to_one_frac_cos90", "neuron control: animals 1:1"),
     ("controls/neurons/recovery/attributes/one_to_one_frac_cos90", "neuron control: attributes 1:1"),
     ("recovery/animals/one_to_one_frac_cos90", "SPD (from the neurons): animals 1:1"),

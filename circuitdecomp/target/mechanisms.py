@@ -5,6 +5,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from circuitdecomp.target.evaluate import accuracy_by_type, predict
+from circuitdecomp.target.model import readout_logits
 from circuitdecomp.world.questions import Examples
 from circuitdecomp.world.vocab import READOUT_POS, QuestionType
 from circuitdecomp.world.world import World
@@ -62,6 +63,44 @@ def mechanism_metrics(model: nn.Module, world: World, n_animals_ablated: int = 8
     metrics |= accuracy_by_type(predict(model, probe), probe, "target/mechanisms/intact")
     metrics |= ablated_accuracy(model, probe, world.size_direction, "target/mechanisms/ablate_size")
     metrics |= _animal_ablations(model, world, probe, n_animals_ablated, seed)
+    metrics |= _attribute_reads(model, world, probe)
+    return metrics
+
+
+def _attribute_reads(model: nn.Module, world: World, probe: Examples) -> dict[str, float]:
+    """Does an attribute question's answer depend on its u_j alone? At the read-out, the residual's entity part is
+    replaced by its component along the asked u_j (`keep_only_u`), or u_j is projected out (`remove_u`).
+
+    `keep_only_u` near the intact accuracy and `remove_u` near chance say the decision reads u_j and nothing else of
+    the entity, however many units carry it. `keep_only_u_kl` (KL of the answer distribution, intact || kept, mean
+    over rows) says whether the logits themselves, not only the decision, ignore the rest: SPD reproduces logits.
+    """
+    rows = probe.subset(probe.qtype == int(QuestionType.attribute))
+    if not len(rows):
+        return {}
+    u = world.attribute_directions[torch.tensor(world.cfg.asked_attributes)[rows.question]]  # [n, d_model]
+    E = world.geometry.entity_basis
+
+    def edit(keep_only: bool):
+        def hook(x: Tensor, hook: object) -> Tensor:
+            r = x[:, READOUT_POS]
+            along = (r * u).sum(-1, keepdim=True) * u
+            x = x.clone()
+            x[:, READOUT_POS] = r - (r @ E.T) @ E + along if keep_only else r - along
+            return x
+        return hook
+
+    answers = slice(world.vocab.answers_start, None)
+    with torch.no_grad():
+        intact = readout_logits(model, rows.tokens)
+        out = {"intact": intact}
+        for name, keep in (("keep_only_u", True), ("remove_u", False)):
+            with model.hooks(fwd_hooks=[(HOOK, edit(keep))]):
+                out[name] = readout_logits(model, rows.tokens)
+    prefix = "target/mechanisms/attribute_reads"
+    metrics = {f"{prefix}/{k}": (v.argmax(-1) == rows.answer).float().mean().item() for k, v in out.items()}
+    log_p, log_q = intact[:, answers].log_softmax(-1), out["keep_only_u"][:, answers].log_softmax(-1)
+    metrics[f"{prefix}/keep_only_u_kl"] = (log_p.exp() * (log_p - log_q)).sum(-1).mean().item()
     return metrics
 
 

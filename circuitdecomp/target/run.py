@@ -78,11 +78,22 @@ def build_target(cfg: Config, out_dir: Path, logger: Logger) -> dict[str, float]
     return metrics
 
 
+def legacy_target(raw: dict) -> dict:
+    """A target config as saved by a run: runs made before the ground-truth rule (2026-12-07) called the templated
+    recipe `trained`; such a config (templates, question groups or a rescaled context under kind trained) loads as
+    `templated`, which is what it is, instead of being refused."""
+    raw = dict(raw)
+    if raw.get("kind") == "trained" and any(raw.get(k) for k in ("animal_templates", "units_per_question", "context_init_norm")):
+        log.warning("this run's target predates the ground-truth rule: its 'trained' recipe is loaded as target=templated")
+        raw["kind"] = "templated"
+    return raw
+
+
 def load_target_run(run_dir: Path) -> tuple[World, nn.Module]:
     """The world and the target of a finished train_target run (regenerated from its config, weights from the file)."""
     run = load_run(run_dir)
     world_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(WorldConfig), run.config["world"]))
-    target_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TransformerTargetConfig), run.config["target"]))
+    target_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TransformerTargetConfig), legacy_target(run.config["target"])))
     seed = int(run.config["seed"])
     world = make_world(world_cfg, seed)
     return world, load_model(world, target_cfg, seed, run_dir)
