@@ -1,4 +1,5 @@
-"""Build the animal-world target: `python scripts/train_target.py target=trained world=demo` (or target=planted).
+"""Build the animal-world target: `python scripts/train_target.py target=trained world=demo` (or target=templated, planted, plain;
+docs/targets.md says what each is built from).
 
 Writes world.safetensors, target.safetensors, metrics.json (target/accuracy/<question_type>, target/mechanisms/*,
 target/circuits/*) and target_circuits.png into the run dir.
