@@ -134,7 +134,8 @@ def ladder_lines(runs: dict[str, dict[str, Any]]) -> list[str]:
     lacks a number (a stage it did not run)."""
     lines = ["| | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
     for key, label in LADDER_ROWS:
-        lines.append(f"| {label} | " + " | ".join(_fmt(m[key]) if key in m else "–" for m in runs.values()) + " |")
+        fmt = (lambda v: f"{v:.0f}") if key.startswith("time/") else _fmt
+        lines.append(f"| {label} | " + " | ".join(fmt(m[key]) if key in m else "–" for m in runs.values()) + " |")
     return lines
 
 
