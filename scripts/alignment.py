@@ -24,7 +24,8 @@ def main(argv: list[str]) -> int:
     world, _ = load_target_run(run)
     tensors = load_tensors(run / "decomposition.safetensors")
     if f"{module}/V" not in tensors:
-        print(f"error: {module} is not decomposed in {run}; modules: {sorted({k.split('/')[0] for k in tensors})}", file=sys.stderr)
+        modules = sorted({k.split("/")[0] for k in tensors})
+        print(f"error: {module} is not decomposed in {run}; modules: {modules}", file=sys.stderr)
         return 2
     E = world.geometry.entity_basis
     V = E.T @ (E @ tensors[f"{module}/V"])  # entity part of each read direction

@@ -263,7 +263,8 @@ def test_templates_need_room_in_the_mlp(world):
     from circuitdecomp.target.model import build_model
 
     with pytest.raises(ValueError, match="animal_templates"):
-        build_model(world, TransformerTargetConfig(kind=TargetKind.templated, animal_templates=True, d_mlp=TINY.n_animals), seed=0)
+        cfg = TransformerTargetConfig(kind=TargetKind.templated, animal_templates=True, d_mlp=TINY.n_animals)
+        build_model(world, cfg, seed=0)
 
 
 def test_mechanism_probe_keeps_attribute_rows_when_size_and_fact_rows_fill_it(world):

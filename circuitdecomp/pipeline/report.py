@@ -110,7 +110,8 @@ def write_report(run_dir: Path, title: str) -> Path:
 
 # The ladder of targets (docs/targets.md): one column per finished pipeline run, one row per number the issue asks for
 LADDER_ROWS = (
-    *((f"target/accuracy/{q}", f"held-out accuracy: {q}") for q in ("attribute", "size_animal", "size_house", "size_economy", "fact")),
+    *((f"target/accuracy/{q}", f"held-out accuracy: {q}")
+      for q in ("attribute", "size_animal", "size_house", "size_economy", "fact")),
     ("target/circuits/animals_per_lookup_unit", "target: animals per look-up unit"),
     ("target/circuits/attribute_read_purity", "target: attribute read purity"),
     ("target/mechanisms/attribute_reads/keep_only_u", "target: attribute accuracy, entity reduced to its u_j part"),

@@ -106,9 +106,9 @@ class TransformerTargetConfig(TargetConfig):
     warmup_steps: int = 100
     label_smoothing: float = 0.05  # caps logit saturation: the optimum has finite margins
     # Shaping (docs/results_log.md, 2026-11-25 "Trained target, round 2", measures each one):
-    animal_templates: bool = False  # templated only: the first n_animals units start as detectors of one animal each (data init)
+    animal_templates: bool = False  # templated only: the first n_animals units start as detectors of one animal each
     template_threshold: float = 0.9  # a template unit starts firing above this cosine with its animal
-    context_init_norm: float = 0.0  # templated only (0: TL's init): question information starts this strong at the read-out (entities have norm 1)
+    context_init_norm: float = 0.0  # templated only (0: TL's init): question information's norm at the read-out at init
     act_l1: float = 0.015  # L1 on every unit's activations on fact questions: pressure towards one unit per animal
     lookup_gate_l1: float = 0.03  # L1 on template units' activations on other questions: look-ups stay off there
     attribute_l1: float = 0.0  # L1 on the other units' activations on other questions: fewer units per attribute question

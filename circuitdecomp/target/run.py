@@ -39,7 +39,8 @@ def target_config(cfg: Config) -> TransformerTargetConfig:
     """The target config, refusing toy targets with the fix in the message."""
     if not isinstance(cfg.target, TransformerTargetConfig):
         raise ConfigError(f"target={cfg.target.kind.value} is a toy; train_target.py builds the animal-world transformer: "
-                         "pass target=trained, target=templated or target=planted (and ~experiment if an experiment sets a toy target)")
+                         "pass target=trained, target=templated or target=planted (and ~experiment if an experiment sets a "
+                         "toy target)")
     return cfg.target
 
 
@@ -93,7 +94,8 @@ def load_target_run(run_dir: Path) -> tuple[World, nn.Module]:
     """The world and the target of a finished train_target run (regenerated from its config, weights from the file)."""
     run = load_run(run_dir)
     world_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(WorldConfig), run.config["world"]))
-    target_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TransformerTargetConfig), legacy_target(run.config["target"])))
+    saved = legacy_target(run.config["target"])
+    target_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TransformerTargetConfig), saved))
     seed = int(run.config["seed"])
     world = make_world(world_cfg, seed)
     return world, load_model(world, target_cfg, seed, run_dir)

@@ -17,7 +17,7 @@ Reading a tripwire's metadata (shape, dtype, device) is allowed: it reveals size
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -35,7 +35,7 @@ class GroundTruthRead(RuntimeError):
 
 
 _METADATA = {Tensor.shape.__get__, Tensor.dtype.__get__, Tensor.device.__get__, Tensor.ndim.__get__,
-             Tensor.dim, Tensor.size, Tensor.__repr__, Tensor.requires_grad.__get__}
+             Tensor.dim, Tensor.size, Tensor.requires_grad.__get__}  # not __repr__: it prints the values
 
 
 class Tripwire(Tensor):
@@ -66,7 +66,6 @@ class GuardedWorld(World):
     """A World whose ground-truth tensors are tripwires; the entity embedding table stays readable."""
 
     embeddings: Tensor | None = None
-    guarded: ClassVar[bool] = True
 
     def entity_embeddings(self) -> Tensor:
         assert self.embeddings is not None
