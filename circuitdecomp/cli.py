@@ -119,12 +119,17 @@ def hydra_script(job: str) -> Callable[[Task], Callable[[], None]]:
                 with signals_interrupt():  # SIGTERM outside the training loops: like Ctrl-C, reported below
                     task(cfg, out_dir, logger)
             except Interrupted as err:  # a checkpoint was written; the same command resumes
-                print(f"{err}; checkpoint in {out_dir}; re-run the same command with hydra.run.dir={out_dir} to resume",
-                      file=sys.stderr)
+                print(
+                    f"{err}; checkpoint in {out_dir}; re-run the same command with hydra.run.dir={out_dir} to resume",
+                    file=sys.stderr,
+                )
                 sys.exit(130)
             except KeyboardInterrupt as err:
-                print(f"interrupted ({err or 'SIGINT'}) outside a checkpointed training loop; every file in {out_dir} is "
-                      "complete or absent (atomic writes); re-running the same command does this stage again", file=sys.stderr)
+                print(
+                    f"interrupted ({err or 'SIGINT'}) outside a checkpointed training loop; every file in {out_dir} is "
+                    "complete or absent (atomic writes); re-running the same command does this stage again",
+                    file=sys.stderr,
+                )
                 sys.exit(130)
             except (ConfigError, RunFileError, DivergenceError) as err:
                 if verbose:

@@ -17,8 +17,15 @@ from circuitdecomp.decomp.config import DecompositionConfig
 from circuitdecomp.evaluate.config import EvaluationConfig
 from circuitdecomp.features.config import FeaturesConfig
 from circuitdecomp.frozen import Frozen, check
-from circuitdecomp.target.config import (QUESTION_TYPES, ResidMLPConfig, TargetConfig, TargetKind, TMSConfig,
-                                         TransformerTargetConfig, default_question_mix)
+from circuitdecomp.target.config import (
+    QUESTION_TYPES,
+    ResidMLPConfig,
+    TargetConfig,
+    TargetKind,
+    TMSConfig,
+    TransformerTargetConfig,
+    default_question_mix,
+)
 from circuitdecomp.tracking import TrackingConfig
 from circuitdecomp.world.config import WorldConfig
 
@@ -57,14 +64,21 @@ class Config(Frozen):
         check(self.seed >= 0, f"seed={self.seed} must be >= 0")
         unknown = sorted(set(self.decompose_mix) - set(QUESTION_TYPES))
         check(not unknown, f"decompose_mix has unknown question types {unknown}; known: {QUESTION_TYPES}")
-        check(all(w >= 0 for w in self.decompose_mix.values()) and sum(self.decompose_mix.values()) > 0,
-              f"decompose_mix={dict(self.decompose_mix)} needs non-negative weights with a positive sum")
-        check(re.fullmatch(r"[\w.-]+", self.name) is not None,
-              f"name={self.name!r} must be a non-empty run name of letters, digits, '_', '-' or '.' (it names runs and artifacts)")
+        check(
+            all(w >= 0 for w in self.decompose_mix.values()) and sum(self.decompose_mix.values()) > 0,
+            f"decompose_mix={dict(self.decompose_mix)} needs non-negative weights with a positive sum",
+        )
+        check(
+            re.fullmatch(r"[\w.-]+", self.name) is not None,
+            f"name={self.name!r} must be a non-empty run name of letters, digits, '_', '-' or '.' (it names runs and artifacts)",
+        )
         if isinstance(self.target, TransformerTargetConfig) and isinstance(self.world, WorldConfig):
             d = self.world.resid_dim
-            check(d % self.target.n_heads == 0,
-                  f"target.n_heads={self.target.n_heads} does not divide the residual width {d} (world.d_model); pick a divisor of {d}")
+            check(
+                d % self.target.n_heads == 0,
+                f"target.n_heads={self.target.n_heads} does not divide the residual width {d} (world.d_model); "
+                f"pick a divisor of {d}",
+            )
         super().__post_init__()
 
 
@@ -78,8 +92,10 @@ def spd_steps(per_question: int, minimum: int, *, _root_: DictConfig) -> int:
     """
     world = _root_.get("world")
     if world is None or "n_facts" not in world:
-        raise ValueError("decomposition.steps=${spd_steps:...} counts the world's questions, and this config has no "
-                         "world: set decomposition.steps=<number>")
+        raise ValueError(
+            "decomposition.steps=${spd_steps:...} counts the world's questions, and this config has no "
+            "world: set decomposition.steps=<number>"
+        )
     if per_question < 1 or minimum < 1:
         raise ValueError(f"${{spd_steps:{per_question},{minimum}}}: both arguments must be >= 1")
     asked = world.n_attributes if world.get("attribute_questions") is None else len(world.attribute_questions)
@@ -119,7 +135,9 @@ def unknown_keys(node: DictConfig, path: str = "") -> list[str]:
         if isinstance(v, DictConfig) and not v._is_none():
             found += unknown_keys(v, f"{path}{k}.")
         elif isinstance(v, ListConfig) and not v._is_none():
-            found += [u for i, item in enumerate(v) if isinstance(item, DictConfig) for u in unknown_keys(item, f"{path}{k}[{i}].")]
+            found += [
+                u for i, item in enumerate(v) if isinstance(item, DictConfig) for u in unknown_keys(item, f"{path}{k}[{i}].")
+            ]
     return found
 
 
@@ -127,7 +145,9 @@ def load_config(dcfg: DictConfig) -> Config:
     """Hydra's DictConfig -> frozen dataclasses, refusing keys the schema does not know."""
     extra = unknown_keys(dcfg)
     if extra:
-        raise ValueError(f"unknown config key(s) {extra}: check the spelling; `python scripts/<script>.py --cfg job` lists every key")
+        raise ValueError(
+            f"unknown config key(s) {extra}: check the spelling; `python scripts/<script>.py --cfg job` lists every key"
+        )
     cfg = OmegaConf.to_object(dcfg)
     if not isinstance(cfg, Config):
         raise TypeError(f"config root is {type(cfg).__name__}, expected Config: does configs/config.yaml start from 'schema'?")

@@ -75,12 +75,15 @@ def signals_interrupt() -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def check_finite(stage: str, step: int, total: torch.Tensor, terms: Mapping[str, torch.Tensor], grad_norm: float,
-                 max_loss: float, fix: str) -> None:
+def check_finite(
+    stage: str, step: int, total: torch.Tensor, terms: Mapping[str, torch.Tensor], grad_norm: float, max_loss: float, fix: str
+) -> None:
     """Raise DivergenceError naming the step and every loss term if the loss or gradients are bad."""
     value = total.item()
     if math.isfinite(value) and value <= max_loss and math.isfinite(grad_norm):
         return
     shown = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-    raise DivergenceError(f"{stage} diverged at step {step}: total loss {value:.4g} (limit {max_loss:g}), grad norm "
-                          f"{grad_norm:.4g}; terms: {shown}. The last good checkpoint is kept; {fix}")
+    raise DivergenceError(
+        f"{stage} diverged at step {step}: total loss {value:.4g} (limit {max_loss:g}), grad norm "
+        f"{grad_norm:.4g}; terms: {shown}. The last good checkpoint is kept; {fix}"
+    )

@@ -15,8 +15,7 @@ log = logging.getLogger(__name__)
 class LogProgress:
     """tqdm's `update`/`set_postfix` for pipes, nohup and Slurm logs: one log line at most every `every_s` seconds."""
 
-    def __init__(self, total: int, desc: str, initial: int = 0, every_s: float = 60.0,
-                 clock: Any = time.monotonic) -> None:
+    def __init__(self, total: int, desc: str, initial: int = 0, every_s: float = 60.0, clock: Any = time.monotonic) -> None:
         self.total, self.desc, self.n, self.every_s, self.clock = total, desc, initial, every_s, clock
         self.start_n, self.start_t = initial, clock()
         self.last_t, self.postfix = self.start_t, ""
@@ -36,8 +35,9 @@ class LogProgress:
         rate = done / elapsed if elapsed > 0 else 0.0
         eta = f", {_minutes((self.total - self.n) / rate)} left" if 0 < rate and self.n < self.total else ""
         post = f" | {self.postfix}" if self.postfix else ""
-        return (f"{self.desc}: step {self.n}/{self.total} ({100 * self.n / max(self.total, 1):.0f}%), "
-                f"{rate:.2f} steps/s{eta}{post}")
+        return (
+            f"{self.desc}: step {self.n}/{self.total} ({100 * self.n / max(self.total, 1):.0f}%), {rate:.2f} steps/s{eta}{post}"
+        )
 
 
 def _minutes(seconds: float) -> str:

@@ -49,8 +49,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
         os.replace(tmp, path)
     except OSError as err:
         if err.errno == errno.ENOSPC:
-            raise DiskFull(f"disk full while writing {path}; the previous version of the file (if any) is intact: "
-                           "free space and re-run the same command") from err
+            raise DiskFull(
+                f"disk full while writing {path}; the previous version of the file (if any) is intact: "
+                "free space and re-run the same command"
+            ) from err
         raise
     finally:
         if os.path.exists(tmp):
@@ -67,8 +69,9 @@ def check_writable(out_dir: Path, min_free_mb: int = MIN_FREE_MB) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
-        raise OSError(f"cannot write to the run directory {out_dir}: {err.strerror or err}; "
-                      "pick another with hydra.run.dir=...") from err
+        raise OSError(
+            f"cannot write to the run directory {out_dir}: {err.strerror or err}; pick another with hydra.run.dir=..."
+        ) from err
     check_free_space(out_dir, min_free_mb * 2**20, "this run")
 
 
@@ -76,8 +79,10 @@ def check_free_space(out_dir: Path, need_bytes: int, what: str) -> None:
     """Raise DiskFull unless the disk of `out_dir` has `need_bytes` free."""
     free = shutil.disk_usage(out_dir).free
     if free < need_bytes:
-        raise DiskFull(f"only {free // 2**20} MB free on the disk of {out_dir}, {what} needs {-(-need_bytes // 2**20)} MB; "
-                       "free space or pick another hydra.run.dir")
+        raise DiskFull(
+            f"only {free // 2**20} MB free on the disk of {out_dir}, {what} needs {-(-need_bytes // 2**20)} MB; "
+            "free space or pick another hydra.run.dir"
+        )
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -121,6 +126,7 @@ def load_saved_config(out_dir: Path) -> dict[str, Any] | None:
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
     """`key: saved -> current` for every dotted key whose value differs (keys starting with `ignore` skipped)."""
+
     def flat(d: Any, prefix: str = "") -> dict[str, Any]:
         if not isinstance(d, Mapping):
             return {prefix[:-1]: d}
@@ -160,12 +166,17 @@ def load_module_state(module: torch.nn.Module, path: Path) -> None:
     saved = load_tensors(path)
     own = module.state_dict()
     missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
-    shapes = [f"{k}: file {tuple(saved[k].shape)}, model {tuple(own[k].shape)}"
-              for k in own if k in saved and saved[k].shape != own[k].shape]
+    shapes = [
+        f"{k}: file {tuple(saved[k].shape)}, model {tuple(own[k].shape)}"
+        for k in own
+        if k in saved and saved[k].shape != own[k].shape
+    ]
     if missing or unexpected or shapes:
-        raise BadRunFile(f"{path} does not fit this model (written with another config?): missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]}, shape mismatch {shapes[:3]}; use the config it was made "
-                         "with, or delete the file to make it again")
+        raise BadRunFile(
+            f"{path} does not fit this model (written with another config?): missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}, shape mismatch {shapes[:3]}; use the config it was made "
+            "with, or delete the file to make it again"
+        )
     module.load_state_dict(saved, strict=True)
 
 

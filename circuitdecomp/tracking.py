@@ -86,8 +86,13 @@ class WandbLogger:
 
         self._wandb = wandb
         self.run = wandb.init(
-            project=cfg.project, entity=cfg.entity, dir=str(out_dir), mode=cfg.mode.value,
-            config=config, name=name, reinit="finish_previous",
+            project=cfg.project,
+            entity=cfg.entity,
+            dir=str(out_dir),
+            mode=cfg.mode.value,
+            config=config,
+            name=name,
+            reinit="finish_previous",
         )
         self._stages: set[str] = set()  # metric prefixes whose step axis is defined
         log.info("wandb %s run in %s", cfg.mode.value, self.run.dir)
@@ -122,7 +127,8 @@ class WandbLogger:
 
 
 def make_logger(cfg: TrackingConfig, out_dir: Path, config: dict[str, Any], name: str) -> Logger:
-    """A wandb logger unless tracking is disabled by config, by `WANDB_MODE=disabled` (tests), or this is not rank 0 of torchrun."""
+    """A wandb logger unless tracking is disabled by config, by `WANDB_MODE=disabled` (tests), or this is not rank 0
+    of torchrun."""
     if cfg.mode is TrackingMode.disabled or os.environ.get("WANDB_MODE") == "disabled" or os.environ.get("RANK", "0") != "0":
         return NullLogger()
     return WandbLogger(cfg, out_dir, config, name)

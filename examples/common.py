@@ -38,8 +38,9 @@ def permutation_sequences(vocab: int, seq_len: int, batch: int, seed: int) -> It
         yield toks
 
 
-def train_next_token(model: nn.Module, logits_of: Callable[[Tensor], Tensor], data: Iterator[Tensor], steps: int,
-                     lr: float = 3e-3) -> float:
+def train_next_token(
+    model: nn.Module, logits_of: Callable[[Tensor], Tensor], data: Iterator[Tensor], steps: int, lr: float = 3e-3
+) -> float:
     """Train `model` briefly on next-token prediction; returns the last loss. Leaves it frozen and in eval mode."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
@@ -65,7 +66,7 @@ def activity_figure(dec: Decomposition, batch: object, title: str) -> Figure:
         active = (g.flatten(0, -2) > dec.config.ci_alive_threshold).float().mean(0).sort(descending=True).values
         ax.bar(range(len(active)), active.numpy(), width=1.0)
         ax.set(title=path, ylim=(0, 1), xlabel="component (sorted)", ylabel="fraction active")
-    for ax in axes.flat[len(ci):]:
+    for ax in axes.flat[len(ci) :]:
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
@@ -86,8 +87,15 @@ def finish(dec: Decomposition, eval_batch: object, out_dir: Path, logger: Logger
     return metrics
 
 
-def run_token_example(cfg: "Config", out_dir: Path, logger: Logger, build_model: Callable[[int, int], tuple[nn.Module, float]],
-                      train_steps: int, vocab: int, seq_len: int) -> None:
+def run_token_example(
+    cfg: "Config",
+    out_dir: Path,
+    logger: Logger,
+    build_model: Callable[[int, int], tuple[nn.Module, float]],
+    train_steps: int,
+    vocab: int,
+    seq_len: int,
+) -> None:
     """Train a next-token model on permutation sequences, decompose it (one or several processes), report on rank 0."""
     from circuitdecomp import decompose
     from circuitdecomp.decomp.distributed import process_group
@@ -95,8 +103,16 @@ def run_token_example(cfg: "Config", out_dir: Path, logger: Logger, build_model:
     model, loss = build_model(cfg.seed, train_steps)
     d = cfg.decomposition
     with process_group() as shard:
-        dec = decompose(model, {m.pattern: m.C for m in d.modules}, permutation_sequences(vocab, seq_len, d.batch_size, cfg.seed + 1),
-                        d, out_dir=out_dir, seed=cfg.seed, logger=logger, log_every=cfg.tracking.log_every)
+        dec = decompose(
+            model,
+            {m.pattern: m.C for m in d.modules},
+            permutation_sequences(vocab, seq_len, d.batch_size, cfg.seed + 1),
+            d,
+            out_dir=out_dir,
+            seed=cfg.seed,
+            logger=logger,
+            log_every=cfg.tracking.log_every,
+        )
         if shard is None or shard.is_main:
             eval_batch = next(permutation_sequences(vocab, seq_len, 512, cfg.seed + 2))
             metrics = finish(dec, eval_batch, out_dir, logger, cfg.name, {"target/next_token_loss": loss})

@@ -11,10 +11,11 @@ HF's), and decomposed with KL on the next-token logits. Under the bridge, attent
 import os
 from pathlib import Path
 
+from common import permutation_sequences, run_token_example, train_next_token
+
 from circuitdecomp.cli import hydra_script
 from circuitdecomp.config import Config
 from circuitdecomp.tracking import Logger
-from common import permutation_sequences, run_token_example, train_next_token
 
 VOCAB, SEQ_LEN = 24, 12
 TRAIN_STEPS = 300
@@ -28,8 +29,17 @@ def build_model(seed: int, steps: int):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=VOCAB, n_positions=SEQ_LEN, n_embd=32, n_layer=2, n_head=4, n_inner=64,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    config = GPT2Config(
+        vocab_size=VOCAB,
+        n_positions=SEQ_LEN,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_inner=64,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     hf = GPT2LMHeadModel(config)
     loss = train_next_token(hf, lambda toks: hf(toks).logits, permutation_sequences(VOCAB, SEQ_LEN, 64, seed), steps)
     bridge = build_bridge_from_module(hf, architecture="GPT2LMHeadModel", hf_config=config, model_name="tiny-gpt2")

@@ -10,6 +10,7 @@ the decomposition should find about one live component per neuron in each matrix
 from pathlib import Path
 
 import torch
+from common import finish
 from torch import nn
 
 from circuitdecomp import decompose
@@ -17,7 +18,6 @@ from circuitdecomp.cli import hydra_script
 from circuitdecomp.config import Config
 from circuitdecomp.decomp.distributed import process_group
 from circuitdecomp.tracking import Logger
-from common import finish
 
 N_FEATURES, HIDDEN, FEATURE_PROB = 16, 32, 0.05
 TRAIN_STEPS = 1500
@@ -52,8 +52,16 @@ def main(cfg: Config, out_dir: Path, logger: Logger) -> None:
     model, mse = build_model(cfg.seed, TRAIN_STEPS)
     d = cfg.decomposition
     with process_group() as shard:
-        dec = decompose(model, {m.pattern: m.C for m in d.modules}, sparse_inputs(d.batch_size, cfg.seed + 1), d,
-                        out_dir=out_dir, seed=cfg.seed, logger=logger, log_every=cfg.tracking.log_every)
+        dec = decompose(
+            model,
+            {m.pattern: m.C for m in d.modules},
+            sparse_inputs(d.batch_size, cfg.seed + 1),
+            d,
+            out_dir=out_dir,
+            seed=cfg.seed,
+            logger=logger,
+            log_every=cfg.tracking.log_every,
+        )
         if shard is None or shard.is_main:
             metrics = finish(dec, next(sparse_inputs(4096, cfg.seed + 2)), out_dir, logger, cfg.name, {"target/mse": mse})
             print({k: round(v, 4) for k, v in metrics.items()})

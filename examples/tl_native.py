@@ -9,10 +9,11 @@ per token: the modules see [batch, pos, d] inputs.
 
 from pathlib import Path
 
+from common import permutation_sequences, run_token_example, train_next_token
+
 from circuitdecomp.cli import hydra_script
 from circuitdecomp.config import Config
 from circuitdecomp.tracking import Logger
-from common import permutation_sequences, run_token_example, train_next_token
 
 VOCAB, SEQ_LEN = 24, 12
 TRAIN_STEPS = 300
@@ -22,8 +23,18 @@ def build_model(seed: int, steps: int):
     """The trained (frozen) bridge and its final next-token loss."""
     from transformer_lens import TransformerBridge, TransformerBridgeConfig  # lazy: importing TL takes seconds
 
-    cfg = TransformerBridgeConfig(d_model=32, d_head=8, n_heads=4, n_layers=2, n_ctx=SEQ_LEN, d_vocab=VOCAB, d_mlp=64,
-                                  act_fn="gelu", normalization_type="LN", seed=seed)
+    cfg = TransformerBridgeConfig(
+        d_model=32,
+        d_head=8,
+        n_heads=4,
+        n_layers=2,
+        n_ctx=SEQ_LEN,
+        d_vocab=VOCAB,
+        d_mlp=64,
+        act_fn="gelu",
+        normalization_type="LN",
+        seed=seed,
+    )
     model = TransformerBridge.boot_native(cfg)
     loss = train_next_token(model, model, permutation_sequences(VOCAB, SEQ_LEN, 64, seed), steps)
     return model, loss

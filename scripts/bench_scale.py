@@ -56,16 +56,33 @@ def build(shape: Shape, device: torch.device):
     """A TL-native transformer of this shape (random weights: cost does not depend on them), frozen."""
     from transformer_lens import TransformerBridge, TransformerBridgeConfig
 
-    cfg = TransformerBridgeConfig(d_model=shape.d_model, d_head=64, n_heads=max(1, shape.d_model // 64), n_layers=shape.n_layers,
-                                  n_ctx=max(shape.seq, 8), d_vocab=shape.d_vocab, d_mlp=4 * shape.d_model, act_fn="gelu",
-                                  normalization_type="LN", seed=0, device=str(device))
+    cfg = TransformerBridgeConfig(
+        d_model=shape.d_model,
+        d_head=64,
+        n_heads=max(1, shape.d_model // 64),
+        n_layers=shape.n_layers,
+        n_ctx=max(shape.seq, 8),
+        d_vocab=shape.d_vocab,
+        d_mlp=4 * shape.d_model,
+        act_fn="gelu",
+        normalization_type="LN",
+        seed=0,
+        device=str(device),
+    )
     return TransformerBridge.boot_native(cfg).eval().requires_grad_(False)
 
 
 def spd_config(shape: Shape, compile_ci: bool) -> DecompositionConfig:
-    return DecompositionConfig(modules=[ModuleSpec("blocks.*.attn.[qkvo]", shape.C), ModuleSpec("blocks.*.mlp.*", shape.C)],
-                               output_loss=OutputLoss.kl, layerwise_recon_coeff=0.0, subset_recon_coeff=1.0,
-                               warmup_steps=0, restarts=1, batch_size=shape.batch, compile=compile_ci)
+    return DecompositionConfig(
+        modules=[ModuleSpec("blocks.*.attn.[qkvo]", shape.C), ModuleSpec("blocks.*.mlp.*", shape.C)],
+        output_loss=OutputLoss.kl,
+        layerwise_recon_coeff=0.0,
+        subset_recon_coeff=1.0,
+        warmup_steps=0,
+        restarts=1,
+        batch_size=shape.batch,
+        compile=compile_ci,
+    )
 
 
 def _rss_peak_mb() -> float:
@@ -118,7 +135,7 @@ def measure(shape: Shape, steps: int, compile_ci: bool, device: torch.device) ->
     cm = ComponentModel(model, cfg).to(device)
     state = fresh_state(cm, cfg, seed=0)
     step = iter(range(10**9))
-    spd_ms = timed(lambda: train_step(cm, state, sample, cfg, next(step)))
+    spd_ms = timed(lambda cm=cm, state=state: train_step(cm, state, sample, cfg, next(step)))
     spd_mb = _peak(cuda) - frozen
     n_params = sum(p.numel() for p in state.named.values()) / 1e6
     cm.detach_components()
@@ -173,7 +190,9 @@ def main() -> None:
     import transformer_lens  # noqa: F401  (once, here: forked children inherit it instead of each paying seconds)
 
     print(f"device {args.device}, {torch.get_num_threads()} threads, {args.steps} timed steps per shape\n")
-    print("| axis | shape | SPD step (ms) | target train step (ms) | ratio | frozen model (MB) | SPD memory (MB) | SPD params (M) |")
+    print(
+        "| axis | shape | SPD step (ms) | target train step (ms) | ratio | frozen model (MB) | SPD memory (MB) | SPD params (M) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     fits = {}
     for axis in args.axes:
@@ -182,14 +201,22 @@ def main() -> None:
             shape = dataclasses.replace(Shape(), **{axis: value})
             r = run_isolated(shape, args.steps, args.compile, args.device)
             rows.append((value, r))
-            print(f"| {axis} | {shape.label} | {r['spd_ms']:.1f} | {r['target_ms']:.1f} | {r['spd_ms'] / r['target_ms']:.1f}x "
-                  f"| {r['model_mb']:.0f} | {r['spd_mb']:.0f} | {r['spd_params_m']:.2f} |", flush=True)
+            print(
+                f"| {axis} | {shape.label} | {r['spd_ms']:.1f} | {r['target_ms']:.1f} | "
+                f"{r['spd_ms'] / r['target_ms']:.1f}x "
+                f"| {r['model_mb']:.0f} | {r['spd_mb']:.0f} | {r['spd_params_m']:.2f} |",
+                flush=True,
+            )
         xs = [v for v, _ in rows]
         fits[axis] = (slope(xs, [r["spd_ms"] for _, r in rows]), slope(xs, [max(r["spd_mb"], 1.0) for _, r in rows]))
     if not args.no_gpt2:
         r = run_isolated(GPT2_SMALL, args.steps, args.compile, args.device)
-        print(f"| GPT-2 small | {GPT2_SMALL.label} | {r['spd_ms']:.1f} | {r['target_ms']:.1f} | {r['spd_ms'] / r['target_ms']:.1f}x "
-              f"| {r['model_mb']:.0f} | {r['spd_mb']:.0f} | {r['spd_params_m']:.2f} |", flush=True)
+        print(
+            f"| GPT-2 small | {GPT2_SMALL.label} | {r['spd_ms']:.1f} | {r['target_ms']:.1f} | "
+            f"{r['spd_ms'] / r['target_ms']:.1f}x "
+            f"| {r['model_mb']:.0f} | {r['spd_mb']:.0f} | {r['spd_params_m']:.2f} |",
+            flush=True,
+        )
     print("\n| axis | range | SPD step time ~ size^k | SPD memory ~ size^k |")
     print("|---|---|---|---|")
     for axis, (k_time, k_mem) in fits.items():

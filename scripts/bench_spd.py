@@ -23,7 +23,6 @@ from circuitdecomp.toys.data import sparse_features
 from circuitdecomp.toys.resid_mlp import ResidMLP, resid_labels
 from circuitdecomp.toys.tms import TMS
 
-
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
@@ -89,8 +88,12 @@ def bench_resid(n: int, clock: Callable[[], float]) -> tuple[float, float]:
         loss.backward()
         opt.step()
 
-    cfg = DecompositionConfig(modules=[ModuleSpec("layers.*.mlp_in", 100), ModuleSpec("layers.*.mlp_out", 100)],
-                              batch_size=2048, importance_coeff=1e-5, pnorm=2.0)
+    cfg = DecompositionConfig(
+        modules=[ModuleSpec("layers.*.mlp_in", 100), ModuleSpec("layers.*.mlp_out", 100)],
+        batch_size=2048,
+        importance_coeff=1e-5,
+        pnorm=2.0,
+    )
     spd = spd_step_fn(ResidMLP(t, 0), cfg, sample)
     return time_ms(spd, n, clock), time_ms(target_step, n, clock)
 
@@ -105,11 +108,25 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     keep_freed_memory()  # as train_decomposition does; the target step runs under the same setting
     tms_spd, tms_target = bench_tms(args.steps, CLOCKS[args.clock])
-    print(f"TMS 5-2   batch 4096 C=20 : SPD step {tms_spd:7.2f} ms | target step {tms_target:6.2f} ms | ratio {tms_spd / tms_target:5.1f}x")
+    print(
+        f"TMS 5-2   batch 4096 C=20 : SPD step {tms_spd:7.2f} ms | target step {tms_target:6.2f} ms "
+        f"| ratio {tms_spd / tms_target:5.1f}x"
+    )
     res_spd, res_target = bench_resid(args.steps, CLOCKS[args.clock])
-    print(f"resid_mlp1 batch 2048 C=100: SPD step {res_spd:7.2f} ms | target step {res_target:6.2f} ms | ratio {res_spd / res_target:5.1f}x")
-    print(json.dumps({"tms52_step_ms": round(tms_spd, 2), "tms52_ratio": round(tms_spd / tms_target, 2),
-                      "resid1_step_ms": round(res_spd, 2), "resid1_ratio": round(res_spd / res_target, 2)}))
+    print(
+        f"resid_mlp1 batch 2048 C=100: SPD step {res_spd:7.2f} ms | target step {res_target:6.2f} ms "
+        f"| ratio {res_spd / res_target:5.1f}x"
+    )
+    print(
+        json.dumps(
+            {
+                "tms52_step_ms": round(tms_spd, 2),
+                "tms52_ratio": round(tms_spd / tms_target, 2),
+                "resid1_step_ms": round(res_spd, 2),
+                "resid1_ratio": round(res_spd / res_target, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -11,9 +11,16 @@ from circuitdecomp.cli import hydra_script
 from circuitdecomp.config import Config
 from circuitdecomp.tracking import Logger
 
-_SHOWN = ("target/accuracy/min", "target/circuits/animals_per_lookup_unit", "decomp/faithfulness/components/relative_accuracy",
-          "recovery/animals/frac_cos90", "recovery/attributes/frac_cos90", "recovery/animals/coef_recall",
-          "recovery/attributes/coef_recall", "recovery/min/coef_recall")
+_SHOWN = (
+    "target/accuracy/min",
+    "target/circuits/animals_per_lookup_unit",
+    "decomp/faithfulness/components/relative_accuracy",
+    "recovery/animals/frac_cos90",
+    "recovery/attributes/frac_cos90",
+    "recovery/animals/coef_recall",
+    "recovery/attributes/coef_recall",
+    "recovery/min/coef_recall",
+)
 
 
 @hydra_script("pipeline")

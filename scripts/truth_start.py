@@ -55,13 +55,12 @@ def main(cfg: Config, out_dir: Path, logger: Logger) -> None:
         W = comp.target_weight()
         comp.V[:, : len(basis)] = basis.T
         comp.U[: len(basis)] = (W @ basis.T).T
-        comp.V[:, len(basis):] *= 1e-3
-        comp.U[len(basis):] *= 1e-3
+        comp.V[:, len(basis) :] *= 1e-3
+        comp.U[len(basis) :] *= 1e-3
     _, metrics = decompose_target(cfg, world, model, out_dir, logger, cm=cm)
     V = comp.V.detach() / comp.V.detach().norm(dim=0, keepdim=True)
     stay = (world.attribute_directions @ V[:, : world.cfg.n_attributes]).abs().diagonal()
-    print(f"|cos| of each attribute component with its starting u_j after training: min {stay.min():.3f}, "
-          f"mean {stay.mean():.3f}")
+    print(f"|cos| of each attribute component with its starting u_j after training: min {stay.min():.3f}, mean {stay.mean():.3f}")
     for key in sorted(metrics):
         if key.startswith(("decomp/final/", "decomp/ci_l0/", "decomp/faithfulness/components/relative")):
             print(f"{key}: {metrics[key]:.4g}")

@@ -1,6 +1,7 @@
 """Test-wide settings: wandb off and kept out of the home directory, a small thread count, seeded torch."""
 
 import os
+import subprocess
 import tempfile
 
 _WANDB_HOME = tempfile.mkdtemp(prefix="circuitdecomp-tests-wandb-")
@@ -20,6 +21,32 @@ def _seed():
     torch.manual_seed(0)
 
 
+_REAL_POPEN = subprocess.Popen
+
+
+def _starts_project_code(args) -> bool:
+    """A command that runs one of this repository's scripts or examples, or torchrun."""
+    words = [str(a) for a in (args if isinstance(args, (list, tuple)) else [args])]
+    ours = ("scripts/", "examples/", f"{REPO}/scripts/", f"{REPO}/examples/")
+    return any(w.startswith(ours) or os.path.basename(w) == "torchrun" for w in words)
+
+
+@pytest.fixture(autouse=True)
+def _integration_marker(request, monkeypatch):
+    """A test that starts one of the project's scripts in a subprocess must carry `@pytest.mark.integration`, so
+    that `pytest -m "not slow and not integration"` really runs in process only."""
+    if request.node.get_closest_marker("integration") is not None:
+        return
+
+    class Refused(_REAL_POPEN):
+        def __init__(self, args, *a, **kw):
+            if _starts_project_code(args):
+                raise AssertionError(f"{request.node.nodeid} starts {args!r}: mark it @pytest.mark.integration")
+            super().__init__(args, *a, **kw)
+
+    monkeypatch.setattr(subprocess, "Popen", Refused)
+
+
 def tiny_mlp() -> torch.nn.Module:
     """The small two-layer target the decomposition loop tests share (fixed seed)."""
     torch.manual_seed(3)
@@ -34,8 +61,9 @@ def tiny_sparse_batch(gen: torch.Generator) -> torch.Tensor:
 from circuitdecomp.world.config import WorldConfig  # noqa: E402  (after the wandb settings above)
 
 # the tiny animal world of the target and decomposition tests: enough held-out pairs that every question type has some
-TINY = WorldConfig(name="tiny", n_attributes=16, n_animals=24, n_houses=8, n_economies=8, n_facts=2, n_fact_answers=5,
-                   holdout_fraction=0.3)
+TINY = WorldConfig(
+    name="tiny", n_attributes=16, n_animals=24, n_houses=8, n_economies=8, n_facts=2, n_fact_answers=5, holdout_fraction=0.3
+)
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 from torch import nn
 
 import circuitdecomp
 from circuitdecomp import DecompositionConfig, decompose
 from circuitdecomp.decomp.span import data_span, project_onto
-
-from conftest import REPO
 
 
 def _frozen_mlp() -> nn.Module:
@@ -61,6 +60,21 @@ def test_decompose_save_load_round_trip(tmp_path):
         assert torch.allclose(again.causal_importance(x)[p], ci[p])
     with pytest.raises(ValueError, match="does not match this model"):
         circuitdecomp.Decomposition.load(path, nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 6)).requires_grad_(False))
+
+
+def test_decompose_into_an_out_dir_saves_once_and_a_rerun_loads_instead_of_training(tmp_path):
+    """One engine (decomp/engine.py): the file a finished run leaves is what a re-run, the toys and the pipeline load."""
+    from circuitdecomp.decomp import engine
+
+    dec = decompose(_frozen_mlp(), {"0": 5}, _batches(), CFG, out_dir=tmp_path, seed=4)
+    saved = tmp_path / "decomposition.safetensors"
+    assert saved.exists() and dec.result is not None
+    assert engine.saved_config(saved)["steps"] == CFG.steps
+    again = decompose(_frozen_mlp(), {"0": 5}, _batches(), CFG, out_dir=tmp_path, seed=4)
+    assert again.result is None  # loaded, not trained
+    assert torch.equal(again.V("0"), dec.V("0")) and torch.equal(again.U("0"), dec.U("0"))
+    with pytest.raises(ValueError, match="does not match this model"):
+        decompose(_frozen_mlp(), {"0": 3}, _batches(), CFG, out_dir=tmp_path)
 
 
 class Unused(nn.Module):
@@ -138,8 +152,9 @@ def planted_recovery(dec, A: torch.Tensor, B: torch.Tensor) -> dict[str, torch.T
 def test_planted_rank1_mechanisms_are_recovered():
     """Acceptance: a model the project never saw, 8 rank-1 mechanisms per matrix, recovered through the public API."""
     model, A, B = planted_mlp()
-    cfg = DecompositionConfig(steps=1500, batch_size=256, lr=3e-3, warmup_steps=100, importance_coeff=3e-3,
-                              compile=False, eval_every=10**6)
+    cfg = DecompositionConfig(
+        steps=1500, batch_size=256, lr=3e-3, warmup_steps=100, importance_coeff=3e-3, compile=False, eval_every=10**6
+    )
     dec = decompose(model, {"0": 16, "2": 16}, sparse_mechanism_inputs(A, 256), cfg, seed=0)
     cos = planted_recovery(dec, A, B)
     assert min(c.min().item() for c in cos.values()) > 0.99, {k: v.numpy().round(3) for k, v in cos.items()}
@@ -152,8 +167,9 @@ def test_planted_rank1_mechanisms_are_recovered():
 @pytest.mark.slow
 def test_planted_recovery_over_ten_planted_models():
     """The README's robustness figure: planted models 0-9, the acceptance test's settings (about 2.5 minutes)."""
-    cfg = DecompositionConfig(steps=1500, batch_size=256, lr=3e-3, warmup_steps=100, importance_coeff=3e-3,
-                              compile=False, eval_every=10**6)
+    cfg = DecompositionConfig(
+        steps=1500, batch_size=256, lr=3e-3, warmup_steps=100, importance_coeff=3e-3, compile=False, eval_every=10**6
+    )
     worst, live_counts = 1.0, set()
     for seed in range(10):
         model, A, B = planted_mlp(seed=seed)
@@ -167,12 +183,16 @@ def test_planted_recovery_over_ten_planted_models():
 def test_data_span_and_projection_by_hand():
     basis = data_span(torch.tensor([[1.0, 0, 0], [2, 0, 0], [0, 3, 0]]))
     assert basis.shape == (2, 3) and torch.allclose(basis @ basis.T, torch.eye(2), atol=1e-6)
-    assert torch.allclose(project_onto(torch.tensor([[1.0, 2, 3], [0, 0, 7]]), basis), torch.tensor([[1.0, 2, 0], [0, 0, 0]]),
-                          atol=1e-6)
+    assert torch.allclose(
+        project_onto(torch.tensor([[1.0, 2, 3], [0, 0, 7]]), basis), torch.tensor([[1.0, 2, 0], [0, 0, 0]]), atol=1e-6
+    )
     line = data_span(torch.tensor([[1.0, 2], [1, 2], [1, 2]]))  # the span, not the affine span (which is a point)
     assert line.shape == (1, 2) and torch.allclose(line.abs(), torch.tensor([[1.0, 2]]) / 5**0.5)
-    assert torch.allclose(project_onto(torch.tensor([[1.0, 0, 5]]), data_span(torch.tensor([[1.0, 1, 0], [2, 2, 0]]))),
-                          torch.tensor([[0.5, 0.5, 0]]), atol=1e-6)
+    assert torch.allclose(
+        project_onto(torch.tensor([[1.0, 0, 5]]), data_span(torch.tensor([[1.0, 1, 0], [2, 2, 0]]))),
+        torch.tensor([[0.5, 0.5, 0]]),
+        atol=1e-6,
+    )
     assert data_span(torch.zeros(4, 3)).shape == (0, 3)
     assert torch.equal(project_onto(torch.ones(2, 3), data_span(torch.zeros(4, 3))), torch.zeros(2, 3))
     gen = torch.Generator().manual_seed(0)
@@ -204,8 +224,9 @@ def subspace_mlp(n: int = 10, d: int = 20, seed: int = 0) -> tuple[nn.Module, to
 def test_directions_are_projected_onto_the_data_span():
     """Inputs span 10 of 20 dims: nothing trains V there, so raw reads miss the planted a_k; projected ones match."""
     model, A = subspace_mlp()
-    cfg = DecompositionConfig(steps=1000, batch_size=256, lr=3e-3, warmup_steps=100, importance_coeff=3e-3,
-                              compile=False, eval_every=10**6)
+    cfg = DecompositionConfig(
+        steps=1000, batch_size=256, lr=3e-3, warmup_steps=100, importance_coeff=3e-3, compile=False, eval_every=10**6
+    )
     dec = decompose(model, {"0": 20}, sparse_mechanism_inputs(A, 256, p=0.05), cfg, seed=0)
     batch = next(sparse_mechanism_inputs(A, 4096, p=0.05, seed=5))
     proj, raw = dec.directions(batch)["0"], dec.directions(batch, project=False)["0"]

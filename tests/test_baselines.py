@@ -7,8 +7,10 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO
 from hydra import compose, initialize_config_dir
 from scipy.optimize import linear_sum_assignment
+from test_recovery import make_truth
 
 from circuitdecomp.baselines.config import ActivationSpace, BaselinesConfig, SAEKind, SAESpec, SAETrainConfig, Width
 from circuitdecomp.baselines.sae import SparseAutoencoder, batch_top_k_mask, matryoshka_loss, top_k_mask
@@ -18,9 +20,6 @@ from circuitdecomp.baselines.train import encode, resample_dead, train_sae
 from circuitdecomp.cli import CONFIG_DIR
 from circuitdecomp.config import load_config
 from circuitdecomp.evaluate.dictionaries import half_size_dictionary, planted_dictionary, random_dictionary
-
-from conftest import REPO
-from test_recovery import make_truth
 
 
 def test_top_k_masks_match_a_sort():
@@ -88,8 +87,12 @@ def mcc(found: torch.Tensor, planted: torch.Tensor) -> float:
     return cos.abs()[rows, cols].mean().item()
 
 
-PLANTED = [SAESpec(SAEKind.topk, 40, k=2), SAESpec(SAEKind.batchtopk, 40, k=2),
-           SAESpec(SAEKind.matryoshka, 40, k=2, prefixes=(8,)), SAESpec(SAEKind.relu, 40, l1_coeff=0.3)]
+PLANTED = [
+    SAESpec(SAEKind.topk, 40, k=2),
+    SAESpec(SAEKind.batchtopk, 40, k=2),
+    SAESpec(SAEKind.matryoshka, 40, k=2, prefixes=(8,)),
+    SAESpec(SAEKind.relu, 40, l1_coeff=0.3),
+]
 
 
 @pytest.mark.parametrize("spec", PLANTED, ids=lambda s: s.kind.value)
@@ -150,8 +153,10 @@ def _row(name: str, **values: float) -> Row:
 
 
 def test_oracle_takes_each_columns_best_and_practitioner_the_best_sparse_reconstruction():
-    rows = [_row("a", animals__coef_recall=0.9, units_read_size=30, fve=0.99, l0=1),
-            _row("b", attributes__coef_recall=0.4, units_read_size=3, fve=0.999, l0=32)]
+    rows = [
+        _row("a", animals__coef_recall=0.9, units_read_size=30, fve=0.99, l0=1),
+        _row("b", attributes__coef_recall=0.4, units_read_size=3, fve=0.999, l0=32),
+    ]
     oracle = oracle_row(rows)
     assert oracle.values["animals/coef_recall"] == 0.9 and oracle.values["attributes/coef_recall"] == 0.4
     assert oracle.values["units_read_size"] == 3 and math.isnan(oracle.values["l0"])
@@ -187,10 +192,24 @@ def test_thesis_table_separates_planted_half_size_and_random(tmp_path):
     assert true_l0(truth)["attributes"] == pytest.approx(8.0) and 1.0 <= true_l0(truth)["animals"] <= 2.0
 
 
-TINY_WORLD = ["world.name=tiny", "world.n_attributes=8", "world.n_animals=24", "world.n_houses=4", "world.n_economies=4",
-              "world.n_facts=2", "world.n_fact_answers=5", "world.holdout_fraction=0.3"]
-TINY_SWEEP = ["baselines.widths=[{animals: 1}]", "baselines.l0_factors=[1.0]", "baselines.train.steps=30",
-              "baselines.train.batch_size=64", "evaluation.n_inputs=300", "tracking.mode=disabled"]
+TINY_WORLD = [
+    "world.name=tiny",
+    "world.n_attributes=8",
+    "world.n_animals=24",
+    "world.n_houses=4",
+    "world.n_economies=4",
+    "world.n_facts=2",
+    "world.n_fact_answers=5",
+    "world.holdout_fraction=0.3",
+]
+TINY_SWEEP = [
+    "baselines.widths=[{animals: 1}]",
+    "baselines.l0_factors=[1.0]",
+    "baselines.train.steps=30",
+    "baselines.train.batch_size=64",
+    "evaluation.n_inputs=300",
+    "tracking.mode=disabled",
+]
 
 
 @pytest.fixture(scope="module")
@@ -238,10 +257,16 @@ def test_run_baselines_writes_table_metrics_and_saes(target_run, tmp_path):
     cfg, run_dir = target_run
     metrics = run_baselines(cfg, run_dir, NullLogger(), out_dir=tmp_path)
     assert metrics["baselines/n_saes"] == 4  # topk and matryoshka at k = 1 and 8 (the families' true L0)
-    for key in ["baselines/topk_w24_k1/recovery/animals/coef_recall", "baselines/topk_w24_k1/fve",
-                "baselines/matryoshka_w24_k8/recovery/min/coef_recall", "baselines/oracle/min/coef_recall",
-                "baselines/practitioner/topk/animals/frac_cos90", "baselines/half_size/animals/frac_cos90",
-                "baselines/random/min/coef_recall", "baselines/true_l0/attributes"]:
+    for key in [
+        "baselines/topk_w24_k1/recovery/animals/coef_recall",
+        "baselines/topk_w24_k1/fve",
+        "baselines/matryoshka_w24_k8/recovery/min/coef_recall",
+        "baselines/oracle/min/coef_recall",
+        "baselines/practitioner/topk/animals/frac_cos90",
+        "baselines/half_size/animals/frac_cos90",
+        "baselines/random/min/coef_recall",
+        "baselines/true_l0/attributes",
+    ]:
         assert key in metrics, key
     assert metrics["baselines/half_size/min/frac_cos90"] == 1.0 and metrics["baselines/half_size/min/coef_recall"] == 0.0
     assert metrics["baselines/true_l0/attributes"] == pytest.approx(8.0, abs=0.5)
@@ -249,23 +274,28 @@ def test_run_baselines_writes_table_metrics_and_saes(target_run, tmp_path):
         assert (tmp_path / name).is_file(), name
     assert load_run(run_dir).metrics == {}  # the saved run is only read
     table = ThesisTable.load(tmp_path / "thesis_table.json")
-    assert [r.name.split(" (")[0] for r in table.rows] == ["SAE topk", "SAE matryoshka", "SAE oracle", "half-size dictionary",
-                                                           "random dictionary"]
+    assert [r.name.split(" (")[0] for r in table.rows] == [
+        "SAE topk",
+        "SAE matryoshka",
+        "SAE oracle",
+        "half-size dictionary",
+        "random dictionary",
+    ]
 
 
 def test_features_of_the_run_become_the_top_row(target_run, tmp_path):
     """A run dir with features.safetensors (here: the true directions and coefficients) gets the features row on top."""
     from circuitdecomp.baselines.run import run_baselines
-    from circuitdecomp.world.sampler import ground_truth
-    from circuitdecomp.pipeline.decompose import held_out_batch
+    from circuitdecomp.evaluate.truth import ground_truth
     from circuitdecomp.runio import save_tensors
     from circuitdecomp.tracking import NullLogger
+    from circuitdecomp.world.sampler import held_out_batch
     from circuitdecomp.world.world import make_world
 
     cfg, run_dir = target_run
     cfg = dataclasses.replace(cfg, baselines=dataclasses.replace(cfg.baselines, kinds=[SAEKind.topk], l0_factors=[1.0]))
     world = make_world(cfg.world, cfg.seed)
-    planted = planted_dictionary(ground_truth(world, held_out_batch(world, cfg.evaluation.n_inputs, cfg.seed + 11)))
+    planted = planted_dictionary(ground_truth(world, held_out_batch(world, cfg.evaluation.n_inputs, cfg.seed)))
     (tmp_path / "run").mkdir()
     for f in run_dir.iterdir():
         (tmp_path / "run" / f.name).symlink_to(f)
@@ -281,8 +311,16 @@ def test_features_of_the_run_become_the_top_row(target_run, tmp_path):
 @pytest.mark.slow
 def test_script_needs_a_run_dir_and_runs_on_one(target_run, tmp_path):
     _, run_dir = target_run
-    script = [sys.executable, "scripts/baselines.py", "target=planted", *TINY_WORLD, *TINY_SWEEP, "baselines.kinds=[relu]",
-              "baselines.l1_coeffs=[0.1]", f"hydra.run.dir={tmp_path}"]
+    script = [
+        sys.executable,
+        "scripts/baselines.py",
+        "target=planted",
+        *TINY_WORLD,
+        *TINY_SWEEP,
+        "baselines.kinds=[relu]",
+        "baselines.l1_coeffs=[0.1]",
+        f"hydra.run.dir={tmp_path}",
+    ]
     proc = subprocess.run(script, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "pass baselines.run_dir=" in proc.stderr
     proc = subprocess.run([*script, f"baselines.run_dir={run_dir}"], cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -5,14 +5,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 from circuitdecomp.cli import CONFIG_DIR
 from circuitdecomp.config import Config, load_config
 from circuitdecomp.decomp.config import DecompositionConfig
-
-from conftest import REPO
 
 GROUPS = ["world", "target", "decomposition", "evaluation", "tracking", "baselines"]
 
@@ -68,8 +67,13 @@ def test_bad_values_name_the_key():
 
 @pytest.mark.parametrize("override,key", [("+nonsense=1", "nonsense"), ("world.typo=3", "typo")])
 def test_script_rejects_unknown_key_in_one_line(override, key, tmp_path):
-    proc = subprocess.run([sys.executable, "scripts/decompose.py", override, f"hydra.run.dir={tmp_path}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "scripts/decompose.py", override, f"hydra.run.dir={tmp_path}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("Set the environment")]
     assert len(lines) == 1 and key in lines[0], proc.stderr
@@ -77,10 +81,23 @@ def test_script_rejects_unknown_key_in_one_line(override, key, tmp_path):
 
 def test_multirun_sweeps_into_the_default_sweep_dir(tmp_path):
     """`-m` with the configured sweep dir (it once interpolated `${hydra:...}`, which Hydra cannot resolve there)."""
-    proc = subprocess.run([sys.executable, str(Path(REPO) / "scripts/decompose.py"), "-m", "experiment=tms_5-2",
-                           "decomposition.steps=2,3", "decomposition.restarts=1", "decomposition.warmup_steps=0",
-                           "decomposition.compile=false", "tracking.mode=disabled"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(Path(REPO) / "scripts/decompose.py"),
+            "-m",
+            "experiment=tms_5-2",
+            "decomposition.steps=2,3",
+            "decomposition.restarts=1",
+            "decomposition.warmup_steps=0",
+            "decomposition.compile=false",
+            "tracking.mode=disabled",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     jobs = sorted((tmp_path / "runs/multirun/decompose").glob("*_tms_5-2/*/metrics.json"))
     assert [p.parent.name for p in jobs] == ["0", "1"]

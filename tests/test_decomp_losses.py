@@ -159,8 +159,16 @@ def _two_component_model(ci: tuple[float, float], **coeffs: float):
     model = torch.nn.Sequential(torch.nn.Linear(2, 1, bias=False))
     with torch.no_grad():
         model[0].weight.copy_(torch.tensor([[1.0, 2.0]]))
-    cfg = DecompositionConfig(modules=[ModuleSpec("0", 2)], init=InitKind.neurons, use_delta=False, compile=False,
-                              stochastic_recon_coeff=0.0, layerwise_recon_coeff=0.0, importance_coeff=0.0, **coeffs)
+    cfg = DecompositionConfig(
+        modules=[ModuleSpec("0", 2)],
+        init=InitKind.neurons,
+        use_delta=False,
+        compile=False,
+        stochastic_recon_coeff=0.0,
+        layerwise_recon_coeff=0.0,
+        importance_coeff=0.0,
+        **coeffs,
+    )
     cm = ComponentModel(model, cfg)
     fn = cm.ci_fns["0"]
     with torch.no_grad():
@@ -202,3 +210,35 @@ def test_rounded_recon_runs_the_rounded_model_and_pushes_a_needed_ci_up():
     with torch.no_grad():
         bias.copy_(torch.tensor([[2.0], [0.6]]))  # rounded up: the exact components, loss 0
     assert spd_losses(cm, x, cfg, 1.0, torch.Generator())[1]["rounded_recon"].item() < 1e-10
+
+
+def test_every_loss_coefficient_has_one_term_and_every_term_a_coefficient():
+    """The table of terms is the one place a loss is declared: each row names a real config field, and no
+    `*_coeff` field of DecompositionConfig lacks a row (it would be a knob with no effect)."""
+    import dataclasses
+
+    from circuitdecomp.decomp.config import DecompositionConfig
+    from circuitdecomp.decomp.terms import TERMS
+
+    fields = {f.name for f in dataclasses.fields(DecompositionConfig) if f.name.endswith("_coeff")}
+    assert sorted(t.coeff for t in TERMS) == sorted(fields)
+    assert len({t.name for t in TERMS}) == len(TERMS)
+
+
+def test_total_is_the_coefficient_weighted_sum_of_the_terms_with_the_importance_ramp():
+    from conftest import tiny_mlp, tiny_sparse_batch
+
+    from circuitdecomp.decomp.config import DecompositionConfig, ModuleSpec
+    from circuitdecomp.decomp.model import ComponentModel
+    from circuitdecomp.decomp.train import spd_losses
+
+    cfg = DecompositionConfig(
+        modules=[ModuleSpec("0", 5)], compile=False, faithfulness_coeff=0.5, importance_coeff=0.2, importance_warmup_frac=0.5
+    )
+    cm = ComponentModel(tiny_mlp(), cfg)
+    x = tiny_sparse_batch(torch.Generator().manual_seed(1))
+    total, terms, _ = spd_losses(cm, x, cfg, 0.25, torch.Generator().manual_seed(0))
+    assert set(terms) == {"faithfulness", "stochastic_recon", "layerwise_recon", "importance_minimality"}
+    recon = terms["stochastic_recon"] + terms["layerwise_recon"]
+    by_hand = 0.5 * terms["faithfulness"] + recon + 0.2 * 0.5 * terms["importance_minimality"]
+    assert torch.allclose(total, by_hand)

@@ -25,7 +25,9 @@ class EmbedMLP(nn.Module):
 
 
 def _ones(cm: ComponentModel, lead: tuple[int, ...], delta: float | None) -> dict[str, MaskInfo]:
-    return {p: MaskInfo(torch.ones(*lead, cm.component(p).C), None if delta is None else torch.full(lead, delta)) for p in cm.paths}
+    return {
+        p: MaskInfo(torch.ones(*lead, cm.component(p).C), None if delta is None else torch.full(lead, delta)) for p in cm.paths
+    }
 
 
 def _fit_exactly(cm: ComponentModel) -> None:
@@ -35,7 +37,8 @@ def _fit_exactly(cm: ComponentModel) -> None:
             comp = cm.component(p)
             U_, S, Vh = torch.linalg.svd(comp.target_weight(), full_matrices=False)
             r = S.numel()
-            comp.V.zero_(); comp.U.zero_()
+            comp.V.zero_()
+            comp.U.zero_()
             comp.V[:, :r] = Vh.T * S
             comp.U[:r] = U_.T
 
@@ -152,8 +155,9 @@ def test_detach_restores_the_original_modules():
 def test_transformerlens_bridge_linears():
     from transformer_lens import TransformerBridge, TransformerBridgeConfig
 
-    cfg = TransformerBridgeConfig(d_model=16, d_head=4, n_heads=4, n_layers=1, n_ctx=6, d_vocab=13, d_mlp=32,
-                                  act_fn="gelu", normalization_type=None, seed=0)
+    cfg = TransformerBridgeConfig(
+        d_model=16, d_head=4, n_heads=4, n_layers=1, n_ctx=6, d_vocab=13, d_mlp=32, act_fn="gelu", normalization_type=None, seed=0
+    )
     bridge = TransformerBridge.boot_native(cfg)
     tokens = torch.randint(0, 13, (2, 6))
     with torch.no_grad():
@@ -213,3 +217,15 @@ def test_neuron_init_on_a_chosen_side_of_a_square_matrix(side):
         assert torch.equal(comp.V[:, :6], torch.eye(6))
     else:  # component c writes output c
         assert torch.count_nonzero(comp.U[:6, :6] - torch.diag(torch.diagonal(comp.U[:6, :6]))) == 0
+
+
+def test_every_ci_fn_value_has_a_builder_that_makes_a_ci_function():
+    from circuitdecomp.decomp.ci import CI_FUNCTIONS, CIFunction, CISite, make_ci_function
+    from circuitdecomp.decomp.config import CIFnType, DecompositionConfig
+
+    assert set(CI_FUNCTIONS) == set(CIFnType)
+    for kind in CIFnType:
+        fn = make_ci_function(kind, CISite(C=3, d_in=5), DecompositionConfig(compile=False))
+        assert isinstance(fn, CIFunction)
+        lower, upper = fn.importance(torch.randn(2, 3), torch.randn(2, 5), 0.01)
+        assert lower.shape == upper.shape == (2, 3)

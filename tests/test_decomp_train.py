@@ -5,23 +5,28 @@ import signal
 
 import pytest
 import torch
-from torch import nn
+from conftest import tiny_mlp, tiny_sparse_batch
 
-from circuitdecomp.decomp.checkpoint import latest_checkpoint
+from circuitdecomp.checkpoint import latest_checkpoint
 from circuitdecomp.decomp.config import DecompositionConfig, ModuleSpec
 from circuitdecomp.decomp.model import ComponentModel
 from circuitdecomp.decomp.train import DivergenceError, train_decomposition
 from circuitdecomp.interrupt import Interrupted
 
-from conftest import tiny_mlp, tiny_sparse_batch
-
-
 _model, _sample = tiny_mlp, tiny_sparse_batch
 
 
 def _cfg(**kw) -> DecompositionConfig:
-    base = dict(modules=[ModuleSpec("0", 8), ModuleSpec("2", 8)], steps=12, batch_size=32, warmup_steps=5,
-                checkpoint_every=4, eval_every=4, subset_recon_coeff=1.0, faithfulness_coeff=0.5)
+    base = dict(
+        modules=[ModuleSpec("0", 8), ModuleSpec("2", 8)],
+        steps=12,
+        batch_size=32,
+        warmup_steps=5,
+        checkpoint_every=4,
+        eval_every=4,
+        subset_recon_coeff=1.0,
+        faithfulness_coeff=0.5,
+    )
     return DecompositionConfig(**(base | kw))
 
 
@@ -80,7 +85,9 @@ def test_restarts_continue_the_best_initialisation(tmp_path, caplog):
     cm = ComponentModel(_model(), cfg)
     with caplog.at_level(logging.INFO, logger="circuitdecomp.decomp.restarts"):
         result = train_decomposition(cm, _sample, cfg, seed=0, out_dir=tmp_path)
-    scores = [float(r.getMessage().split("loss ")[1].split(" ")[0]) for r in caplog.records if "held-out SPD loss" in r.getMessage()]
+    scores = [
+        float(r.getMessage().split("loss ")[1].split(" ")[0]) for r in caplog.records if "held-out SPD loss" in r.getMessage()
+    ]
     chosen = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("continuing restart"))
     assert len(scores) == 3 and f"restart {scores.index(min(scores)) + 1} " in chosen
     assert result.steps_done == 6  # 10 steps in all, 4 of them inside the restart phase

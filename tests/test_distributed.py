@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import REPO
 from torch import nn
 
 from circuitdecomp import DecompositionConfig, decompose
@@ -19,12 +20,19 @@ from circuitdecomp.decomp.distributed import Shard
 from circuitdecomp.runio import load_tensors, save_tensors
 from circuitdecomp.tracking import NullLogger
 
-from conftest import REPO
-
 # Every sharded code path: KL on per-token logits, an embedding, two mask samples, all three recon losses, delta.
-CFG = DecompositionConfig(steps=6, warmup_steps=3, compile=False, output_loss=OutputLoss.kl, n_mask_samples=2,
-                          layerwise_recon_coeff=1.0, subset_recon_coeff=1.0, faithfulness_coeff=0.1,
-                          checkpoint_every=2, lr=1e-2)
+CFG = DecompositionConfig(
+    steps=6,
+    warmup_steps=3,
+    compile=False,
+    output_loss=OutputLoss.kl,
+    n_mask_samples=2,
+    layerwise_recon_coeff=1.0,
+    subset_recon_coeff=1.0,
+    faithfulness_coeff=0.1,
+    checkpoint_every=2,
+    lr=1e-2,
+)
 
 
 def _model() -> nn.Module:
@@ -89,8 +97,8 @@ def test_sharded_masks_are_rows_of_the_global_draw():
     for rank in (0, 1, 2):
         shard = Shard(rank, 3)
         local = shard.sample_masks({"m": shard.take(ci["m"])}, MaskSampling.continuous, True, torch.Generator().manual_seed(1))
-        assert torch.equal(local["m"].mask, full["m"].mask[2 * rank:2 * rank + 2])
-        assert torch.equal(local["m"].delta_mask, full["m"].delta_mask[2 * rank:2 * rank + 2])
+        assert torch.equal(local["m"].mask, full["m"].mask[2 * rank : 2 * rank + 2])
+        assert torch.equal(local["m"].delta_mask, full["m"].delta_mask[2 * rank : 2 * rank + 2])
 
 
 def test_batches_that_do_not_split_and_unsplittable_settings_are_refused():
@@ -105,9 +113,21 @@ def test_batches_that_do_not_split_and_unsplittable_settings_are_refused():
 def test_torchrun_runs_an_example_with_one_wandb_run(tmp_path):
     """The real launcher: two processes, rank 0 alone logs to wandb and writes the run's files."""
     env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"} | {"OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "examples/mlp_sequential.py",
-           "experiment=example_mlp", "decomposition.steps=4", "decomposition.warmup_steps=2", "decomposition.compile=false",
-           "decomposition.batch_size=64", "tracking.mode=offline", f"hydra.run.dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "examples/mlp_sequential.py",
+        "experiment=example_mlp",
+        "decomposition.steps=4",
+        "decomposition.warmup_steps=2",
+        "decomposition.compile=false",
+        "decomposition.batch_size=64",
+        "tracking.mode=offline",
+        f"hydra.run.dir={tmp_path}",
+    ]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 1

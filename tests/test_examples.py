@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 from hydra import compose, initialize_config_dir
 
 from circuitdecomp.cli import CONFIG_DIR
@@ -18,11 +19,14 @@ from circuitdecomp.decomp.api import Decomposition
 from circuitdecomp.runio import load_metrics
 from circuitdecomp.tracking import NullLogger, TrackingConfig, TrackingMode, make_logger
 
-from conftest import REPO
-
 EXAMPLES = Path(REPO) / "examples"
-FEW_STEPS = ["decomposition.steps=3", "decomposition.warmup_steps=2", "decomposition.compile=false",
-             "decomposition.batch_size=8", "tracking.mode=disabled"]
+FEW_STEPS = [
+    "decomposition.steps=3",
+    "decomposition.warmup_steps=2",
+    "decomposition.compile=false",
+    "decomposition.batch_size=8",
+    "tracking.mode=disabled",
+]
 
 
 def _example(name: str, monkeypatch, train_steps: int = 5):
@@ -102,16 +106,38 @@ def test_offline_wandb_run_carries_config_metrics_figure_and_artifact(tmp_path, 
 def test_multirun_sweep_then_collect(tmp_path):
     """A Hydra multirun over a decomposition hyperparameter, then scripts/collect.py's table and plot."""
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, str(EXAMPLES / "mlp_sequential.py"), "-m", "experiment=example_mlp",
-           "decomposition.importance_coeff=1e-3,3e-3", f"hydra.sweep.dir={sweep}", *FEW_STEPS]
+    cmd = [
+        sys.executable,
+        str(EXAMPLES / "mlp_sequential.py"),
+        "-m",
+        "experiment=example_mlp",
+        "decomposition.importance_coeff=1e-3,3e-3",
+        f"hydra.sweep.dir={sweep}",
+        *FEW_STEPS,
+    ]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     table = collect([sweep], ["decomp/n_live/*"], ["decomposition.importance_coeff"])
     assert [row[1] for row in table.rows] == [1e-3, 3e-3] and table.columns[2:] == ["decomp/n_live/0", "decomp/n_live/2"]
     png = tmp_path / "sweep.png"
-    done = subprocess.run([sys.executable, "scripts/collect.py", str(sweep), "--metrics", "decomp/n_live/*",
-                           "--config", "decomposition.importance_coeff", "--plot", "decomposition.importance_coeff", str(png)],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "scripts/collect.py",
+            str(sweep),
+            "--metrics",
+            "decomp/n_live/*",
+            "--config",
+            "decomposition.importance_coeff",
+            "--plot",
+            "decomposition.importance_coeff",
+            str(png),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| decomposition.importance_coeff | decomp/n_live/0 |" in done.stdout and png.stat().st_size > 0
 

@@ -12,17 +12,27 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO
 from safetensors.torch import save_file
 from torch import nn
 
 from circuitdecomp.cli import hydra_script, precheck_overrides
 from circuitdecomp.interrupt import DivergenceError, Interrupted, signals_interrupt
-from circuitdecomp.runio import (BadRunFile, DiskFull, MissingRunFile, atomic_write, load_module_state, load_run,
-                                 load_tensors, save_config, save_tensors, update_metrics)
+from circuitdecomp.rundir import WORLD_FILE
+from circuitdecomp.runio import (
+    BadRunFile,
+    DiskFull,
+    MissingRunFile,
+    atomic_write,
+    load_module_state,
+    load_run,
+    load_tensors,
+    save_config,
+    save_tensors,
+    update_metrics,
+)
 from circuitdecomp.world.config import WorldConfig
-from circuitdecomp.world.world import WORLD_FILE, load_world_tensors, make_world, save_world
-
-from conftest import REPO
+from circuitdecomp.world.world import load_world_tensors, make_world, save_world
 
 # --------------------------------------------------------------------------------------------------- config
 
@@ -37,25 +47,28 @@ def _precheck_error(capsys, overrides: list[str]) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("overrides,expected", [
-    (["decomposition.lr=-1"], "decomposition.lr=-1.0 must be > 0"),
-    (["decomposition.batch_size=0"], "decomposition.batch_size=0 must be >= 1"),
-    (["experiment=tms_5-2", "decomposition.modules.0.C=-2"], "C=-2 for 'linear1' must be >= 1, or 0"),
-    (["decomposition.retry_lr_factor=1.5"], "decomposition.retry_lr_factor=1.5 must be in [0, 1)"),
-    (["decomposition.pnorm_anneal_start=0.9", "decomposition.pnorm_anneal_end=0.1"], "pnorm_anneal_start=0.9"),
-    (["target.batch_size=0"], "target.batch_size=0 must be >= 1"),
-    (["target=trained", "target.n_heads=3"], "target.n_heads=3 does not divide the residual width 80"),
-    (["world.n_attributes=100", "world.d_model=64"], "world.n_attributes=100 exceeds world.d_model=64"),
-    (["experiment=nope"], "experiment=nope names no option in configs/experiment/; available: "),
-    (["experiment="], "experiment= names no option"),
-    (["name="], "name='' must be a non-empty run name"),
-    (["seed=-1"], "seed=-1 must be >= 0"),
-    (["tracking.log_every=0"], "tracking.log_every=0 must be >= 1"),
-    (["evaluation.dense_ci=[{pattern: x, k: 0}]"], "evaluation.dense_ci: k=0 for 'x' must be >= 1"),
-    (["decomposition.steps=abc"], "Value 'abc' of type 'str' could not be converted to Integer"),
-    (["+decomposition.extra=1"], "unknown config key(s) ['decomposition.extra']"),
-    (["world.typo=3"], "Key 'typo' not in 'WorldConfig'"),
-])
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        (["decomposition.lr=-1"], "decomposition.lr=-1.0 must be > 0"),
+        (["decomposition.batch_size=0"], "decomposition.batch_size=0 must be >= 1"),
+        (["experiment=tms_5-2", "decomposition.modules.0.C=-2"], "C=-2 for 'linear1' must be >= 1, or 0"),
+        (["decomposition.retry_lr_factor=1.5"], "decomposition.retry_lr_factor=1.5 must be in [0, 1)"),
+        (["decomposition.pnorm_anneal_start=0.9", "decomposition.pnorm_anneal_end=0.1"], "pnorm_anneal_start=0.9"),
+        (["target.batch_size=0"], "target.batch_size=0 must be >= 1"),
+        (["target=trained", "target.n_heads=3"], "target.n_heads=3 does not divide the residual width 80"),
+        (["world.n_attributes=100", "world.d_model=64"], "world.n_attributes=100 exceeds world.d_model=64"),
+        (["experiment=nope"], "experiment=nope names no option in configs/experiment/; available: "),
+        (["experiment="], "experiment= names no option"),
+        (["name="], "name='' must be a non-empty run name"),
+        (["seed=-1"], "seed=-1 must be >= 0"),
+        (["tracking.log_every=0"], "tracking.log_every=0 must be >= 1"),
+        (["evaluation.dense_ci=[{pattern: x, k: 0}]"], "evaluation.dense_ci: k=0 for 'x' must be >= 1"),
+        (["decomposition.steps=abc"], "Value 'abc' of type 'str' could not be converted to Integer"),
+        (["+decomposition.extra=1"], "unknown config key(s) ['decomposition.extra']"),
+        (["world.typo=3"], "Key 'typo' not in 'WorldConfig'"),
+    ],
+)
 def test_bad_config_is_one_line_naming_key_and_value(capsys, overrides, expected):
     assert expected in _precheck_error(capsys, overrides)
 
@@ -74,8 +87,13 @@ def test_nearly_full_disk_fails_before_any_work(capsys, tmp_path, monkeypatch):
 
 def test_script_prints_no_traceback_unless_verbose(tmp_path):
     def run(*extra):
-        return subprocess.run([sys.executable, "scripts/decompose.py", "decomposition.lr=-1", f"hydra.run.dir={tmp_path}", *extra],
-                              cwd=REPO, capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "scripts/decompose.py", "decomposition.lr=-1", f"hydra.run.dir={tmp_path}", *extra],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     quiet, loud = run(), run("--verbose")
     assert quiet.returncode == 2 and quiet.stderr.strip() == "error: decomposition.lr=-1.0 must be > 0", quiet.stderr
@@ -83,11 +101,17 @@ def test_script_prints_no_traceback_unless_verbose(tmp_path):
 
 
 def test_config_error_found_inside_a_stage_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "scripts/decompose.py", "target=trained", "tracking.mode=disabled",
-                           f"hydra.run.dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "scripts/decompose.py", "target=trained", "tracking.mode=disabled", f"hydra.run.dir={tmp_path}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == ("error: target.kind=trained is not a toy; toys are tms and resid_mlp "
-                                                    "(experiment=tms_5-2, ...)"), proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: target.kind=trained is not a toy; toys are tms and resid_mlp (experiment=tms_5-2, ...)"
+    ), proc.stderr
 
 
 # ------------------------------------------------------------------------------------- the CLI's fault mapping
@@ -96,8 +120,11 @@ def test_config_error_found_inside_a_stage_is_one_line(tmp_path):
 def _run_task(task, tmp_path, monkeypatch, capsys) -> tuple[int, str]:
     """Run `task` as a Hydra script in this process; returns (exit code, stderr)."""
     entry = hydra_script("faults")(task)
-    monkeypatch.setattr(sys, "argv", ["faults", f"hydra.run.dir={tmp_path}", "tracking.mode=disabled",
-                                      "hydra/job_logging=none", "hydra/hydra_logging=none"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["faults", f"hydra.run.dir={tmp_path}", "tracking.mode=disabled", "hydra/job_logging=none", "hydra/hydra_logging=none"],
+    )
     code = 0
     try:
         entry()
@@ -106,12 +133,15 @@ def _run_task(task, tmp_path, monkeypatch, capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("fault,code,message", [
-    (BadRunFile("cannot read /x/target.safetensors: truncated"), 2, "error: cannot read /x/target.safetensors: truncated"),
-    (DivergenceError("decomposition diverged at step 3"), 2, "error: decomposition diverged at step 3"),
-    (Interrupted("stopped by SIGTERM at step 7"), 130, "stopped by SIGTERM at step 7; checkpoint in"),
-    (DiskFull("disk full while writing /x/y"), 2, "error: disk full while writing /x/y"),
-])
+@pytest.mark.parametrize(
+    "fault,code,message",
+    [
+        (BadRunFile("cannot read /x/target.safetensors: truncated"), 2, "error: cannot read /x/target.safetensors: truncated"),
+        (DivergenceError("decomposition diverged at step 3"), 2, "error: decomposition diverged at step 3"),
+        (Interrupted("stopped by SIGTERM at step 7"), 130, "stopped by SIGTERM at step 7; checkpoint in"),
+        (DiskFull("disk full while writing /x/y"), 2, "error: disk full while writing /x/y"),
+    ],
+)
 def test_cli_turns_faults_into_one_line_and_exit_code(tmp_path, monkeypatch, capsys, fault, code, message):
     def task(cfg, out_dir, logger):
         raise fault
@@ -192,9 +222,13 @@ def test_ground_truth_file_with_missing_keys_names_file_and_keys(tmp_path):
 
 def test_corrupt_target_in_run_dir_is_one_line_exit_2(tmp_path):
     (tmp_path / "target.safetensors").write_bytes(b"not a tensor file")
-    proc = subprocess.run([sys.executable, "scripts/decompose.py", "experiment=tms_5-2", "tracking.mode=disabled",
-                           f"hydra.run.dir={tmp_path}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "scripts/decompose.py", "experiment=tms_5-2", "tracking.mode=disabled", f"hydra.run.dir={tmp_path}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: cannot read {tmp_path}/target.safetensors"), proc.stderr
 

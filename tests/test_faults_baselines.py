@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 from hydra import compose, initialize_config_dir
 
 from circuitdecomp.baselines import sweep
@@ -28,14 +29,29 @@ from circuitdecomp.interrupt import Interrupted
 from circuitdecomp.runio import BadRunFile, load_tensors
 from circuitdecomp.tracking import NullLogger
 
-from conftest import REPO
-
-TINY_WORLD = ["world.name=tiny", "world.n_attributes=8", "world.n_animals=24", "world.n_houses=4", "world.n_economies=4",
-              "world.n_facts=2", "world.n_fact_answers=5", "world.holdout_fraction=0.3"]
+TINY_WORLD = [
+    "world.name=tiny",
+    "world.n_attributes=8",
+    "world.n_animals=24",
+    "world.n_houses=4",
+    "world.n_economies=4",
+    "world.n_facts=2",
+    "world.n_fact_answers=5",
+    "world.holdout_fraction=0.3",
+]
 # three SAEs (batchtopk k=1, k=8, relu), dead latents resampled every 10 steps: a resume must restore all of that
-SWEEP = ["baselines.kinds=[batchtopk,relu]", "baselines.widths=[{animals: 1}]", "baselines.l0_factors=[1.0]",
-         "baselines.l1_coeffs=[0.1]", "baselines.train.steps=40", "baselines.train.batch_size=64",
-         "baselines.train.resample_every=10", "baselines.train.dead_after=5", "evaluation.n_inputs=300", "tracking.mode=disabled"]
+SWEEP = [
+    "baselines.kinds=[batchtopk,relu]",
+    "baselines.widths=[{animals: 1}]",
+    "baselines.l0_factors=[1.0]",
+    "baselines.l1_coeffs=[0.1]",
+    "baselines.train.steps=40",
+    "baselines.train.batch_size=64",
+    "baselines.train.resample_every=10",
+    "baselines.train.dead_after=5",
+    "evaluation.n_inputs=300",
+    "tracking.mode=disabled",
+]
 SEED = 2
 
 
@@ -122,9 +138,16 @@ class StepCounter(NullLogger):
         self.n += 1
 
 
-@pytest.mark.parametrize("spec", [SAESpec(SAEKind.topk, 12, k=2), SAESpec(SAEKind.batchtopk, 12, k=2),
-                                  SAESpec(SAEKind.matryoshka, 12, k=2, prefixes=(4,)), SAESpec(SAEKind.relu, 12, l1_coeff=0.1)],
-                         ids=lambda s: s.kind.value)
+@pytest.mark.parametrize(
+    "spec",
+    [
+        SAESpec(SAEKind.topk, 12, k=2),
+        SAESpec(SAEKind.batchtopk, 12, k=2),
+        SAESpec(SAEKind.matryoshka, 12, k=2, prefixes=(4,)),
+        SAESpec(SAEKind.relu, 12, l1_coeff=0.1),
+    ],
+    ids=lambda s: s.kind.value,
+)
 def test_every_kind_of_sae_resumes_bit_identical_after_two_interruptions(spec, tmp_path):
     """train_sae alone: Adam moments (in W_enc's transposed layout), dead-latent counts, resampling draws, threshold."""
     cfg = SAETrainConfig(steps=60, batch_size=32, lr=1e-2, resample_every=10, dead_after=5, log_every=1)
@@ -156,8 +179,11 @@ def test_resuming_the_sweep_with_other_settings_is_refused(target_run, straight,
     monkeypatch.undo()
     b = cfg.baselines
     other_lr = dataclasses.replace(cfg, baselines=dataclasses.replace(b, train=dataclasses.replace(b.train, lr=0.006)))
-    with pytest.raises(BadRunFile, match=r"the unfinished SAE sweep in .*checkpoints/baselines was made with other settings "
-                                         r"\(baselines.train.lr: 0.003 -> 0.006\): re-run with the settings it was made with"):
+    with pytest.raises(
+        BadRunFile,
+        match=r"the unfinished SAE sweep in .*checkpoints/baselines was made with other settings "
+        r"\(baselines.train.lr: 0.003 -> 0.006\): re-run with the settings it was made with",
+    ):
         _baselines(other_lr, run_dir, tmp_path)
     other_seed = dataclasses.replace(cfg, seed=SEED + 1)
     with pytest.raises(BadRunFile, match=r"other settings \(seed: 2 -> 3\)"):
@@ -177,8 +203,19 @@ def _script_entry():
 
 def _run_script(tmp_path: Path, monkeypatch, capsys, *overrides: str) -> tuple[int, str]:
     """scripts/baselines.py in this process; returns (exit code, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["baselines", "target=planted", *SWEEP, *overrides, f"hydra.run.dir={tmp_path}",
-                                      "hydra/job_logging=none", "hydra/hydra_logging=none"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "baselines",
+            "target=planted",
+            *SWEEP,
+            *overrides,
+            f"hydra.run.dir={tmp_path}",
+            "hydra/job_logging=none",
+            "hydra/hydra_logging=none",
+        ],
+    )
     code = 0
     try:
         _script_entry()()
@@ -203,18 +240,24 @@ def test_nan_in_an_sae_stops_in_one_line_naming_it_and_keeps_the_finished_ones(t
     assert code == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith("error: SAE relu_w24_l1_0.1 (relu, width 24, l1_coeff=0.1) diverged at step 3: total loss nan "
-                               "(limit inf), grad norm nan; terms: mse="), err
+    assert lines[0].startswith(
+        "error: SAE relu_w24_l1_0.1 (relu, width 24, l1_coeff=0.1) diverged at step 3: total loss nan "
+        "(limit inf), grad norm nan; terms: mse="
+    ), err
     assert "l1=nan" in lines[0] and "lower baselines.train.lr (now 0.003) and re-run" in lines[0], err
     saved = sorted(p.name for p in (tmp_path / CKPT_DIR).iterdir())
     assert saved == ["batchtopk_w24_k1.safetensors", "batchtopk_w24_k8.safetensors", "sweep.json"]
     assert not (tmp_path / "baselines.safetensors").exists()
 
 
-@pytest.mark.parametrize("run_dir,message", [
-    ("absent", "error: run directory not found: {tmp}/absent"),
-    ("", "error: pass baselines.run_dir=<a train_target or pipeline run directory> (it holds world and target)"),
-], ids=["missing", "not given"])
+@pytest.mark.parametrize(
+    "run_dir,message",
+    [
+        ("absent", "error: run directory not found: {tmp}/absent"),
+        ("", "error: pass baselines.run_dir=<a train_target or pipeline run directory> (it holds world and target)"),
+    ],
+    ids=["missing", "not given"],
+)
 def test_missing_run_directory_is_one_line_exit_2(tmp_path, monkeypatch, capsys, run_dir, message):
     given = [f"baselines.run_dir={tmp_path / run_dir}"] if run_dir else []
     code, err = _run_script(tmp_path / "out", monkeypatch, capsys, *given)
@@ -226,9 +269,13 @@ def test_script_sigterm_mid_sweep_then_rerun_matches_uninterrupted(target_run, t
     (in this process, to save a start-up) resumes and ends with the outputs of an uninterrupted run."""
     cfg, run_dir = target_run
     command = [f"seed={SEED}", "baselines.kinds=[topk]", "baselines.train.steps=600", f"baselines.run_dir={run_dir}"]
-    interrupted = subprocess.Popen([sys.executable, "scripts/baselines.py", "target=planted", *SWEEP, *command,
-                                    f"hydra.run.dir={tmp_path / 'interrupted'}"],
-                                   cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    interrupted = subprocess.Popen(
+        [sys.executable, "scripts/baselines.py", "target=planted", *SWEEP, *command, f"hydra.run.dir={tmp_path / 'interrupted'}"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     first_done, deadline = tmp_path / "interrupted" / CKPT_DIR / "topk_w24_k1.safetensors", time.time() + 120
     while not first_done.exists():
         assert interrupted.poll() is None and time.time() < deadline, interrupted.communicate()

@@ -11,11 +11,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_mlp, tiny_sparse_batch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from circuitdecomp.decomp.checkpoint import (CKPT_DIR, latest_checkpoint, load_checkpoint, read_retry, retry_from_last_good,
-                                             save_checkpoint)
+from circuitdecomp.checkpoint import (
+    CKPT_DIR,
+    latest_checkpoint,
+    load_checkpoint,
+    read_retry,
+    retry_from_last_good,
+    save_checkpoint,
+)
 from circuitdecomp.decomp.config import DecompositionConfig, ModuleSpec
 from circuitdecomp.decomp.model import ComponentModel
 from circuitdecomp.decomp.train import TrainResult, fresh_state, train_decomposition
@@ -24,9 +31,6 @@ from circuitdecomp.runio import BadRunFile, DiskFull, load_tensors
 from circuitdecomp.world.config import WorldConfig
 from circuitdecomp.world.world import make_world, save_world
 
-from conftest import tiny_mlp, tiny_sparse_batch
-
-
 # ----------------------------------------------------------------------------------- decomposition checkpoints
 
 
@@ -34,8 +38,15 @@ _model, _sample = tiny_mlp, tiny_sparse_batch
 
 
 def _cfg(**kw) -> DecompositionConfig:
-    base = dict(modules=[ModuleSpec("0", 8), ModuleSpec("2", 8)], steps=12, batch_size=32, warmup_steps=5,
-                checkpoint_every=4, eval_every=4, compile=False)
+    base = dict(
+        modules=[ModuleSpec("0", 8), ModuleSpec("2", 8)],
+        steps=12,
+        batch_size=32,
+        warmup_steps=5,
+        checkpoint_every=4,
+        eval_every=4,
+        compile=False,
+    )
     return DecompositionConfig(**(base | kw))
 
 
@@ -110,8 +121,11 @@ def _poisoned_at(calls_to_poison: set[int]):
 
 
 def test_nan_stops_with_step_and_terms_and_keeps_last_good_checkpoint(tmp_path):
-    with pytest.raises(DivergenceError, match=r"decomposition diverged at step 6: total loss nan .*terms: stochastic_recon=nan, "
-                                              r"layerwise_recon=nan, importance_minimality=.*retry_lr_factor=0.5"):
+    with pytest.raises(
+        DivergenceError,
+        match=r"decomposition diverged at step 6: total loss nan .*terms: stochastic_recon=nan, "
+        r"layerwise_recon=nan, importance_minimality=.*retry_lr_factor=0.5",
+    ):
         _decompose(tmp_path, _cfg(), _poisoned_at({7}))
     assert latest_checkpoint(tmp_path).name == "step_00000004.safetensors"
 

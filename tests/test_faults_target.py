@@ -3,7 +3,6 @@
 Each test provokes one fault and checks what the user sees (message, exit code) and what is left on disk.
 """
 
-
 import os
 import signal
 import subprocess
@@ -11,18 +10,17 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO
 
-from circuitdecomp.decomp.checkpoint import CKPT_DIR, latest_checkpoint, read_retry
+from circuitdecomp.checkpoint import latest_checkpoint, read_retry
 from circuitdecomp.interrupt import DivergenceError, Interrupted
 from circuitdecomp.runio import BadRunFile, load_tensors, save_config
 from circuitdecomp.world.config import WorldConfig
 from circuitdecomp.world.world import make_world
 
-from conftest import REPO
-
-
-TINY_WORLD = WorldConfig(name="tiny", n_attributes=8, n_animals=24, n_houses=8, n_economies=8, n_facts=2, n_fact_answers=5,
-                         holdout_fraction=0.3)
+TINY_WORLD = WorldConfig(
+    name="tiny", n_attributes=8, n_animals=24, n_houses=8, n_economies=8, n_facts=2, n_fact_answers=5, holdout_fraction=0.3
+)
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +73,11 @@ def test_target_training_sigterm_checkpoints_and_resume_is_bit_identical(tiny_wo
 def test_target_training_divergence_names_step_and_terms(tiny_world, tmp_path):
     from circuitdecomp.target.train import CKPT_DIR as TARGET_CKPT
 
-    with pytest.raises(DivergenceError, match=r"target training diverged at step 0: total loss .* \(limit 1e-09\), grad norm "
-                                              r".*terms: ce=.*, act_l1=.*, lookup_gate_l1=.*target.retry_lr_factor=0.5"):
+    with pytest.raises(
+        DivergenceError,
+        match=r"target training diverged at step 0: total loss .* \(limit 1e-09\), grad norm "
+        r".*terms: ce=.*, act_l1=.*, lookup_gate_l1=.*target.retry_lr_factor=0.5",
+    ):
         _train_target(tiny_world, tmp_path, _target_cfg(max_loss=1e-9))
     assert latest_checkpoint(tmp_path, TARGET_CKPT).name == "step_00000000.safetensors"
 
@@ -98,13 +99,16 @@ def test_target_training_nan_retries_with_lower_lr(tiny_world, tmp_path, monkeyp
     calls["n"] = 0
     params = _train_target(tiny_world, tmp_path / "on", _target_cfg(retry_lr_factor=0.5))
     assert all(torch.isfinite(v).all() for v in params.values())
-    assert read_retry(latest_checkpoint(tmp_path / "on", TARGET_CKPT)) .lr_scale == 0.5
+    assert read_retry(latest_checkpoint(tmp_path / "on", TARGET_CKPT)).lr_scale == 0.5
 
 
 def test_target_checkpoint_from_another_config_is_refused(tiny_world, tmp_path):
     _train_target(tiny_world, tmp_path, _target_cfg(train_steps=4))
-    with pytest.raises(BadRunFile, match=r"checkpoint .*target/step_00000004.safetensors was written with other settings "
-                                         r"\(target.lr: [0-9.e-]+ -> 0.001\)"):
+    with pytest.raises(
+        BadRunFile,
+        match=r"checkpoint .*target/step_00000004.safetensors was written with other settings "
+        r"\(target.lr: [0-9.e-]+ -> 0.001\)",
+    ):
         _train_target(tiny_world, tmp_path, _target_cfg(train_steps=4, lr=1e-3))
 
 
@@ -131,13 +135,29 @@ def test_target_script_sigterm_then_rerun_matches_uninterrupted(tmp_path):
     """The whole train_target.py on a real subprocess: SIGTERM mid-training, exit 130, re-run, same target."""
     import time
 
-    args = [sys.executable, "scripts/train_target.py", "target=trained", "world.n_attributes=8", "world.n_animals=24",
-            "world.n_houses=8", "world.n_economies=8", "world.n_facts=2", "world.n_fact_answers=5", "world.holdout_fraction=0.3",
-            "target.train_steps=600", "target.batch_size=64", "target.checkpoint_every=20", "target.eval_every=0",
-            "tracking.mode=disabled", "seed=3"]
+    args = [
+        sys.executable,
+        "scripts/train_target.py",
+        "target=trained",
+        "world.n_attributes=8",
+        "world.n_animals=24",
+        "world.n_houses=8",
+        "world.n_economies=8",
+        "world.n_facts=2",
+        "world.n_fact_answers=5",
+        "world.holdout_fraction=0.3",
+        "target.train_steps=600",
+        "target.batch_size=64",
+        "target.checkpoint_every=20",
+        "target.eval_every=0",
+        "tracking.mode=disabled",
+        "seed=3",
+    ]
 
     def run(d):
-        return subprocess.Popen([*args, f"hydra.run.dir={d}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [*args, f"hydra.run.dir={d}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
 
     straight, interrupted = run(tmp_path / "straight"), run(tmp_path / "interrupted")
     ckpts, deadline = tmp_path / "interrupted" / "checkpoints" / "target", time.time() + 300

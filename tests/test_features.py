@@ -2,9 +2,9 @@
 
 import torch
 
+from circuitdecomp.decomp.span import data_span
 from circuitdecomp.evaluate.recovery import Family, GroundTruth, Units, score_recovery
 from circuitdecomp.features.config import FeaturesConfig
-from circuitdecomp.decomp.span import data_span
 from circuitdecomp.features.extract import Candidate, candidates, extract_features
 
 
@@ -119,8 +119,9 @@ def test_fit_sample_holds_every_question_entity_pair() -> None:
     from circuitdecomp.world.config import WorldConfig
     from circuitdecomp.world.world import make_world
 
-    world = make_world(WorldConfig(n_animals=40, n_attributes=4, n_houses=3, n_economies=2, n_facts=3,
-                                   n_fact_answers=4, d_model=16), seed=0)
+    world = make_world(
+        WorldConfig(n_animals=40, n_attributes=4, n_houses=3, n_economies=2, n_facts=3, n_fact_answers=4, d_model=16), seed=0
+    )
     ex = world.examples
     pairs = set(zip(ex.qtype.tolist(), ex.entity.tolist()))
     sample = fit_sample(ex, len(pairs) + 10, seed=1)
@@ -152,16 +153,22 @@ def test_neuron_control_reads_rows_of_readers_and_columns_of_writers() -> None:
     x = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [-1.0, 0, 0, 0]])
     h = torch.tensor([[1.0, 0, 0], [0, 2.0, 0], [0, 0, 0]])  # unit 2 never fires
     cfg = FeaturesConfig(read_patterns=["mlp.in"], write_patterns=["mlp.out"], rectified_reads=["mlp.in"])
-    cands = neuron_candidates({"mlp.in": W_in, "mlp.out": W_out}, {"mlp.in": None, "mlp.out": None},
-                              {"mlp.in": x, "mlp.out": h}, d, cfg)
+    cands = neuron_candidates(
+        {"mlp.in": W_in, "mlp.out": W_out}, {"mlp.in": None, "mlp.out": None}, {"mlp.in": x, "mlp.out": h}, d, cfg
+    )
     got = {(c.module, c.component, c.role) for c in cands}
     assert got == {("mlp.in", 0, "read"), ("mlp.in", 1, "read"), ("mlp.out", 0, "write"), ("mlp.out", 1, "write")}
     read0 = next(c for c in cands if c.module == "mlp.in" and c.component == 0)
     assert torch.equal(read0.direction, W_in[0]) and torch.equal(read0.ci, torch.tensor([1.0, 0.0, 0.0]))  # ReLU: -1 -> 0
     write1 = next(c for c in cands if c.module == "mlp.out" and c.component == 1)
     assert torch.equal(write1.direction, W_out[:, 1]) and torch.equal(write1.ci, torch.tensor([0.0, 1.0, 0.0]))
-    unrectified = neuron_candidates({"mlp.in": W_in}, {"mlp.in": None}, {"mlp.in": x}, d,
-                                    FeaturesConfig(read_patterns=["mlp.in"], write_patterns=[], rectified_reads=[]))
+    unrectified = neuron_candidates(
+        {"mlp.in": W_in},
+        {"mlp.in": None},
+        {"mlp.in": x},
+        d,
+        FeaturesConfig(read_patterns=["mlp.in"], write_patterns=[], rectified_reads=[]),
+    )
     assert torch.equal(next(c for c in unrectified if c.component == 0).ci, torch.tensor([1.0, 0.0, 1.0]))  # |a|
 
 

@@ -35,9 +35,14 @@ def _quick(cfg: TransformerTargetConfig) -> TransformerTargetConfig:
 
 def test_guarded_world_raises_on_every_ground_truth_read_and_keeps_the_inputs(world):
     g = guarded(world)
-    for read in (lambda: g.animal_directions, lambda: g.attribute_directions @ torch.ones(g.d_model),
-                 lambda: g.fact_answers[0], lambda: g.attribute_values.clone(), lambda: g.house_sizes.tolist(),
-                 lambda: g.geometry.entity_basis):
+    for read in (
+        lambda: g.animal_directions,
+        lambda: g.attribute_directions @ torch.ones(g.d_model),
+        lambda: g.fact_answers[0],
+        lambda: g.attribute_values.clone(),
+        lambda: g.house_sizes.tolist(),
+        lambda: g.geometry.entity_basis,
+    ):
         with pytest.raises(GroundTruthRead, match="ground truth"):
             read()
     assert torch.equal(g.entity_embeddings(), world.entity_embeddings())  # the fixed inputs stay readable
@@ -73,8 +78,12 @@ def test_ladder_script_prints_one_column_per_run_and_refuses_a_bad_argument(tmp_
     for name, acc in (("a", 0.5), ("b", 0.25)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.json").write_text(json.dumps({"target/accuracy/fact": acc, "time/decompose_s": 12.0}))
-    run = subprocess.run([sys.executable, f"{REPO}/scripts/ladder.py", f"first={tmp_path / 'a'}", f"second={tmp_path / 'b'}"],
-                         capture_output=True, text=True, check=True)
+    run = subprocess.run(
+        [sys.executable, f"{REPO}/scripts/ladder.py", f"first={tmp_path / 'a'}", f"second={tmp_path / 'b'}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     lines = run.stdout.splitlines()
     assert lines[0] == "| | first | second |"
     assert "| held-out accuracy: fact | 0.500 | 0.250 |" in lines

@@ -6,18 +6,32 @@ import sys
 import time
 
 import torch
+from conftest import REPO
 from safetensors.torch import load_file
 
-from conftest import REPO
-
-ARGS = ["scripts/decompose.py", "experiment=tms_5-2", "target.train_steps=3000", "decomposition.steps=400", "decomposition.restarts=1",
-        "decomposition.compile=false", "decomposition.batch_size=512", "decomposition.checkpoint_every=25",
-        "decomposition.eval_every=100", "tracking.mode=disabled"]
+ARGS = [
+    "scripts/decompose.py",
+    "experiment=tms_5-2",
+    "target.train_steps=3000",
+    "decomposition.steps=400",
+    "decomposition.restarts=1",
+    "decomposition.compile=false",
+    "decomposition.batch_size=512",
+    "decomposition.checkpoint_every=25",
+    "decomposition.eval_every=100",
+    "tracking.mode=disabled",
+]
 
 
 def _run(run_dir, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *ARGS, f"hydra.run.dir={run_dir}"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, *ARGS, f"hydra.run.dir={run_dir}"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def test_sigterm_then_rerun_matches_uninterrupted(tmp_path):

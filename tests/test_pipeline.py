@@ -11,33 +11,90 @@ import torch
 from circuitdecomp.runio import load_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["target=planted", "world.n_animals=12", "world.n_attributes=4", "world.n_houses=3", "world.n_economies=2",
-        "world.n_facts=2", "world.n_fact_answers=4", "decomposition.steps=6", "decomposition.warmup_steps=2",
-        "decomposition.eval_every=3", "decomposition.compile=false", "decomposition.batch_size=64",
-        "decomposition.modules=[{pattern:blocks.*.mlp.in,C:30},{pattern:blocks.*.mlp.out,C:30}]",
-        "evaluation.n_inputs=200", "baselines.train.steps=5", "baselines.widths=[{attributes:1}]", "baselines.l0_factors=[1.0]",
-        "baselines.l1_coeffs=[0.01]", "tracking.mode=disabled"]
-KEYS = ["target/accuracy/min", "target/circuits/animals_per_lookup_unit", "decomp/faithfulness/components/relative_accuracy",
-        "decomp/faithfulness/ci_masks/relative_accuracy", "decomp/delta_share/blocks.0.mlp.in", "decomp/n_live/blocks.0.mlp.in", "features/n_features",
-        "recovery/animals/frac_cos90", "recovery/attributes/frac_cos90", "recovery/animals/coef_recall",
-        "recovery/attributes/coef_recall", "recovery/min/coef_recall", "recovery/animals/units_for_r2_90",
-        "time/target_s", "time/decompose_s", "time/features_s", "time/baselines_s", "time/random_start_s",
-        # honest scores: one-to-one headline, every projection, the controls, SPD from a random start, the weights
-        "recovery/animals/one_to_one_frac_cos90", "recovery/min/one_to_one_frac_cos90", "recovery/min/one_to_one_coef_recall",
-        "recovery_raw/min/one_to_one_frac_cos90", "recovery_data/min/one_to_one_frac_cos90",
-        "recovery_tokens/min/one_to_one_frac_cos90", "controls/neurons/recovery/min/one_to_one_frac_cos90",
-        "controls/neurons/recovery/animals/coef_recall", "controls/random/recovery/min/one_to_one_frac_cos90",
-        "spd_random_start/recovery/min/one_to_one_frac_cos90", "spd_random_start/decomp/faithfulness/components/relative_accuracy",
-        "decomp/weight_share_outside/blocks.0.mlp.in", "decomp/faithfulness/with_remainder/relative_accuracy",
-        "features/n_fit_inputs", "features/n_scored_inputs"]
-FILES = ["config.yaml", "world.safetensors", "target.safetensors", "decomposition.safetensors", "features.safetensors",
-         "features.json", "controls.safetensors", "metrics.json", "report.md", "ci_by_question.png", "recovery.png",
-         "target_circuits.png", "spd_random_start/decomposition.safetensors", "spd_random_start/features.safetensors"]
+TINY = [
+    "target=planted",
+    "world.n_animals=12",
+    "world.n_attributes=4",
+    "world.n_houses=3",
+    "world.n_economies=2",
+    "world.n_facts=2",
+    "world.n_fact_answers=4",
+    "decomposition.steps=6",
+    "decomposition.warmup_steps=2",
+    "decomposition.eval_every=3",
+    "decomposition.compile=false",
+    "decomposition.batch_size=64",
+    "decomposition.modules=[{pattern:blocks.*.mlp.in,C:30},{pattern:blocks.*.mlp.out,C:30}]",
+    "evaluation.n_inputs=200",
+    "baselines.train.steps=5",
+    "baselines.widths=[{attributes:1}]",
+    "baselines.l0_factors=[1.0]",
+    "baselines.l1_coeffs=[0.01]",
+    "tracking.mode=disabled",
+]
+KEYS = [
+    "target/accuracy/min",
+    "target/circuits/animals_per_lookup_unit",
+    "decomp/faithfulness/components/relative_accuracy",
+    "decomp/faithfulness/ci_masks/relative_accuracy",
+    "decomp/delta_share/blocks.0.mlp.in",
+    "decomp/n_live/blocks.0.mlp.in",
+    "features/n_features",
+    "recovery/animals/frac_cos90",
+    "recovery/attributes/frac_cos90",
+    "recovery/animals/coef_recall",
+    "recovery/attributes/coef_recall",
+    "recovery/min/coef_recall",
+    "recovery/animals/units_for_r2_90",
+    "time/target_s",
+    "time/decompose_s",
+    "time/features_s",
+    "time/baselines_s",
+    "time/random_start_s",
+    # honest scores: one-to-one headline, every projection, the controls, SPD from a random start, the weights
+    "recovery/animals/one_to_one_frac_cos90",
+    "recovery/min/one_to_one_frac_cos90",
+    "recovery/min/one_to_one_coef_recall",
+    "recovery_raw/min/one_to_one_frac_cos90",
+    "recovery_data/min/one_to_one_frac_cos90",
+    "recovery_tokens/min/one_to_one_frac_cos90",
+    "controls/neurons/recovery/min/one_to_one_frac_cos90",
+    "controls/neurons/recovery/animals/coef_recall",
+    "controls/random/recovery/min/one_to_one_frac_cos90",
+    "spd_random_start/recovery/min/one_to_one_frac_cos90",
+    "spd_random_start/decomp/faithfulness/components/relative_accuracy",
+    "decomp/weight_share_outside/blocks.0.mlp.in",
+    "decomp/faithfulness/with_remainder/relative_accuracy",
+    "features/n_fit_inputs",
+    "features/n_scored_inputs",
+]
+FILES = [
+    "config.yaml",
+    "world.safetensors",
+    "target.safetensors",
+    "decomposition.safetensors",
+    "features.safetensors",
+    "features.json",
+    "controls.safetensors",
+    "metrics.json",
+    "report.md",
+    "ci_by_question.png",
+    "recovery.png",
+    "target_circuits.png",
+    "spd_random_start/decomposition.safetensors",
+    "spd_random_start/features.safetensors",
+]
 
 
 def _run(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "scripts/pipeline.py", *TINY, *extra, f"hydra.run.dir={run_dir}"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600, env={"WANDB_MODE": "disabled", **_env()})
+    return subprocess.run(
+        [sys.executable, "scripts/pipeline.py", *TINY, *extra, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"WANDB_MODE": "disabled", **_env()},
+    )
 
 
 def _env() -> dict[str, str]:
@@ -72,8 +129,12 @@ def test_every_artifact_and_metric_key(run_dir: Path) -> None:
     assert prov["n_features"] == n and all(f["members"] for f in prov["features"])
     report = (run_dir / "report.md").read_text()
     assert "recovery, animals" in report and "![recovery](recovery.png)" in report
-    for row in ("SPD features (the recipe)", "SPD features, random start", "no decomposition: the target's own units",
-                "random directions (chance)"):
+    for row in (
+        "SPD features (the recipe)",
+        "SPD features, random start",
+        "no decomposition: the target's own units",
+        "random directions (chance)",
+    ):
         assert f"| {row} |" in report, row
     table = (run_dir / "thesis_table.md").read_text()
     for row in ("features from circuits |", "SPD from a random start |", "the target's own units |", "as many as the features |"):

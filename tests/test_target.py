@@ -6,20 +6,21 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO, TINY
 
 from circuitdecomp.target.config import TargetKind, TransformerTargetConfig
 from circuitdecomp.tracking import NullLogger
 from circuitdecomp.world.config import WorldConfig
 from circuitdecomp.world.world import make_world
 
-from conftest import REPO, TINY
-
 
 def test_fixed_rows_and_context_constraints_survive_adamw_weight_decay(world):
     from circuitdecomp.target.model import bake
     from circuitdecomp.target.train import train_target
 
-    cfg = TransformerTargetConfig(train_steps=6, batch_size=64, lr=0.05, weight_decay=0.5, warmup_steps=1, act_l1=0.01, eval_every=0)
+    cfg = TransformerTargetConfig(
+        train_steps=6, batch_size=64, lr=0.05, weight_decay=0.5, warmup_steps=1, act_l1=0.01, eval_every=0
+    )
     model = train_target(world, cfg, seed=0, logger=NullLogger()).model
     n = world.vocab.n_entities
     assert torch.equal(model.W_E[:n], world.entity_embeddings())
@@ -107,17 +108,37 @@ def test_planted_width_is_checked(world):
 
 
 def test_script_writes_world_target_metrics_and_figure(tmp_path):
-    args = ["target=trained", "world.n_attributes=8", "world.n_animals=24", "world.n_houses=8", "world.n_economies=8",
-            "world.holdout_fraction=0.3",
-            "world.n_facts=2", "world.n_fact_answers=5", "target.train_steps=4", "target.batch_size=32", "target.eval_every=2",
-            "tracking.mode=disabled", "seed=3", f"hydra.run.dir={tmp_path}"]
-    proc = subprocess.run([sys.executable, "scripts/train_target.py", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    args = [
+        "target=trained",
+        "world.n_attributes=8",
+        "world.n_animals=24",
+        "world.n_houses=8",
+        "world.n_economies=8",
+        "world.holdout_fraction=0.3",
+        "world.n_facts=2",
+        "world.n_fact_answers=5",
+        "target.train_steps=4",
+        "target.batch_size=32",
+        "target.eval_every=2",
+        "tracking.mode=disabled",
+        "seed=3",
+        f"hydra.run.dir={tmp_path}",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "scripts/train_target.py", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ["world.safetensors", "target.safetensors", "metrics.json", "target_circuits.png", "config.yaml"]:
         assert (tmp_path / name).is_file(), name
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    for key in ["target/accuracy/fact", "target/accuracy/size_house", "target/circuits/animals_per_lookup_unit",
-                "target/mechanisms/ablate_size/size_animal", "target/saturation/mean_p_correct", "world/nn_cos_max"]:
+    for key in [
+        "target/accuracy/fact",
+        "target/accuracy/size_house",
+        "target/circuits/animals_per_lookup_unit",
+        "target/mechanisms/ablate_size/size_animal",
+        "target/saturation/mean_p_correct",
+        "world/nn_cos_max",
+    ]:
         assert key in metrics, key
     from circuitdecomp.target.run import load_target_run
 
@@ -179,19 +200,20 @@ def test_init_templates_detect_one_animal_each_and_question_information_is_stron
     assert torch.equal(served_animals(table, 0.1)[:k], torch.ones(k))  # each fires for its own animal only
     assert torch.allclose(table.fact[:, :k].amax(0), torch.ones(k), atol=1e-4)  # response 1 on it
     probe = world.examples.tokens[:, :2].unique(dim=0)
-    _, cache = model.run_with_cache(torch.cat([probe, torch.zeros_like(probe[:, :1])], 1),
-                                    names_filter=lambda n: n == "blocks.0.hook_resid_mid")
+    _, cache = model.run_with_cache(
+        torch.cat([probe, torch.zeros_like(probe[:, :1])], 1), names_filter=lambda n: n == "blocks.0.hook_resid_mid"
+    )
     context = cache["blocks.0.hook_resid_mid"][:, -1] - model.W_E[0]
     assert context.norm(dim=1).mean().item() == pytest.approx(3.0, rel=1e-4)
 
 
 def test_init_question_groups_fire_on_their_own_question_only_and_read_no_entity(world):
-    from circuitdecomp.target.model import build_model, mlp_width, readout_forward
-    from circuitdecomp.target.model import question_of_units
+    from circuitdecomp.target.model import build_model, mlp_width, question_of_units, readout_forward
     from circuitdecomp.target.train import _init, n_templates
 
-    cfg = TransformerTargetConfig(kind=TargetKind.templated, animal_templates=True, context_init_norm=3.0, units_per_question=3,
-                                  train_attention=False)
+    cfg = TransformerTargetConfig(
+        kind=TargetKind.templated, animal_templates=True, context_init_norm=3.0, units_per_question=3, train_attention=False
+    )
     n_q = len(TINY.asked_attributes)
     assert mlp_width(world, cfg) == TINY.n_animals + 3 * n_q
     model = build_model(world, cfg, seed=0)
@@ -212,8 +234,19 @@ def test_templates_make_one_lookup_unit_per_animal_free_units_are_shared_and_gro
     from circuitdecomp.target.evaluate import evaluate_target
     from circuitdecomp.target.train import train_target
 
-    w = make_world(WorldConfig(name="t", n_attributes=24, n_animals=64, n_houses=8, n_economies=8, n_facts=3,
-                               attribute_margin=0.5, holdout_fraction=0.2), 0)
+    w = make_world(
+        WorldConfig(
+            name="t",
+            n_attributes=24,
+            n_animals=64,
+            n_houses=8,
+            n_economies=8,
+            n_facts=3,
+            attribute_margin=0.5,
+            holdout_fraction=0.2,
+        ),
+        0,
+    )
     metrics = {}
     templated = {"kind": TargetKind.templated, "animal_templates": True, "context_init_norm": 3.0}
     variants = {"templates": templated, "free": {}, "groups": templated | {"units_per_question": 4, "train_attention": False}}
@@ -229,7 +262,10 @@ def test_templates_make_one_lookup_unit_per_animal_free_units_are_shared_and_gro
     # shared attribute units: ~100 per question (measured 106); per-question groups of 4: the group and a few others
     assert metrics["templates"]["target/circuits/attribute_units_per_question"] > 50
     assert metrics["groups"]["target/circuits/attribute_units_per_question"] < 10
-    assert metrics["groups"]["target/circuits/attribute_read_purity"] > metrics["templates"]["target/circuits/attribute_read_purity"] + 0.05
+    assert (
+        metrics["groups"]["target/circuits/attribute_read_purity"]
+        > metrics["templates"]["target/circuits/attribute_read_purity"] + 0.05
+    )
 
 
 def test_attribute_circuits_of_the_planted_target_read_one_attribute_each(world, planted):
@@ -252,7 +288,11 @@ def test_linear_ceiling_of_the_named_worlds_allows_99_percent():
     from circuitdecomp.target.evaluate import attribute_linear_ceiling
 
     for name in ("demo", "seed"):
-        keys = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(f"{REPO}/configs/world/{name}.yaml")).items() if k != "defaults"}
+        keys = {
+            k: v
+            for k, v in OmegaConf.to_container(OmegaConf.load(f"{REPO}/configs/world/{name}.yaml")).items()
+            if k != "defaults"
+        }
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(WorldConfig), keys))
         assert attribute_linear_ceiling(make_world(cfg, seed=0)) >= 0.995, name
     few = WorldConfig(name="few", n_attributes=32, n_animals=128, n_houses=4, n_economies=4, n_facts=3)

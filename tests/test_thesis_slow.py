@@ -11,15 +11,26 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 
 @pytest.mark.slow
 def test_world_mini_recovers_both_families_one_to_one_beside_the_controls(tmp_path):
     stages = "stages=[target,decompose,features,random_start,report]"  # the SAE sweep has its own tests
-    proc = subprocess.run([sys.executable, "scripts/pipeline.py", "experiment=world_mini", "tracking.mode=disabled", stages,
-                           f"hydra.run.dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=3600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "scripts/pipeline.py",
+            "experiment=world_mini",
+            "tracking.mode=disabled",
+            stages,
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["target/accuracy/min"] >= 0.99

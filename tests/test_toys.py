@@ -14,18 +14,37 @@ from circuitdecomp.tracking import NullLogger
 SMALL = {
     "tms_5-2": ["target.train_steps=3000"],
     "tms_5-2_id": ["target.train_steps=3000"],
-    "tms_40-10": ["target.train_steps=300", "target.check_features=false", "decomposition.modules.0.C=50", "decomposition.modules.1.C=50"],
+    "tms_40-10": [
+        "target.train_steps=300",
+        "target.check_features=false",
+        "decomposition.modules.0.C=50",
+        "decomposition.modules.1.C=50",
+    ],
     "tms_40-10_id": ["target.train_steps=300", "target.check_features=false"],
-    "resid_mlp1": ["target.n_features=12", "target.d_embed=40", "target.d_mlp=6", "target.train_steps=30",
-                   "decomposition.modules.0.C=12", "decomposition.modules.1.C=12", "evaluation.dense_ci.0.k=6"],
+    "resid_mlp1": [
+        "target.n_features=12",
+        "target.d_embed=40",
+        "target.d_mlp=6",
+        "target.train_steps=30",
+        "decomposition.modules.0.C=12",
+        "decomposition.modules.1.C=12",
+        "evaluation.dense_ci.0.k=6",
+    ],
 }
 
 
 def _cfg(experiment: str, extra: list[str]):
     # torch.compile costs ~20 s per new shape: only the default experiment exercises the compiled CI path.
     compiled = "true" if experiment == "tms_5-2" else "false"
-    overrides = [f"experiment={experiment}", "decomposition.steps=4", "decomposition.warmup_steps=3",
-                 "decomposition.batch_size=64", "tracking.mode=disabled", f"decomposition.compile={compiled}", *extra]
+    overrides = [
+        f"experiment={experiment}",
+        "decomposition.steps=4",
+        "decomposition.warmup_steps=3",
+        "decomposition.batch_size=64",
+        "tracking.mode=disabled",
+        f"decomposition.compile={compiled}",
+        *extra,
+    ]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return load_config(compose("config", overrides=overrides))
 

@@ -29,10 +29,12 @@ def test_each_stage_gets_its_own_step_axis(tmp_path, monkeypatch, capfd):
     logger = make_logger(TrackingConfig(mode=TrackingMode.offline), tmp_path, {}, "t")
     rows, kwargs = [], []
     real_log = logger.run.log
+
     def spy(row, **kw):
         rows.append(dict(row))
         kwargs.append(kw)
         real_log(row, **kw)
+
     logger.run.log = spy
     for step in range(0, 300, 100):
         logger.log({"target/loss": 1.0}, step=step)

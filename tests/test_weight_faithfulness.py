@@ -32,13 +32,16 @@ def test_weight_share_outside_by_hand_embedding_included():
     assert weight_share_outside(cm)["decomp/weight_share_outside/1"] == pytest.approx(1.0)  # nothing inside
     with torch.no_grad():
         model[1].weight.zero_()  # a zero matrix has no share: its components' norm is reported instead
-    assert weight_share_outside(cm) == {"decomp/weight_share_outside/0": pytest.approx(2 / 3),
-                                        "decomp/weight_outside_norm/1": pytest.approx(0.0)}
+    assert weight_share_outside(cm) == {
+        "decomp/weight_share_outside/0": pytest.approx(2 / 3),
+        "decomp/weight_outside_norm/1": pytest.approx(0.0),
+    }
 
 
 def _cm(world, planted, init: InitKind) -> ComponentModel:
-    cfg = DecompositionConfig(modules=[ModuleSpec(p, 0) for p in MODULES], positions=[-1], init=init, use_delta=False,
-                              compile=False)
+    cfg = DecompositionConfig(
+        modules=[ModuleSpec(p, 0) for p in MODULES], positions=[-1], init=init, use_delta=False, compile=False
+    )
     start = world.vocab.answers_start
     return ComponentModel(decomposition_view(planted, start), cfg, output_fn=AnswerLogits(start))
 

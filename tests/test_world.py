@@ -5,13 +5,14 @@ import math
 import pytest
 import torch
 
+from circuitdecomp.rundir import WORLD_FILE
 from circuitdecomp.runio import load_tensors
 from circuitdecomp.world.config import ProfileKind, WorldConfig
 from circuitdecomp.world.geometry import nearest_neighbour_cos
 from circuitdecomp.world.questions import QuestionType
 from circuitdecomp.world.sampler import Sampler, true_coefficients
 from circuitdecomp.world.vocab import READOUT_POS, Modifier
-from circuitdecomp.world.world import WORLD_FILE, make_world, save_world
+from circuitdecomp.world.world import make_world, save_world
 
 TINY = WorldConfig(name="tiny", n_attributes=8, n_animals=24, n_houses=6, n_economies=4, n_facts=2, n_fact_answers=5)
 
@@ -47,7 +48,7 @@ def test_animal_attribute_cosines_are_near_one_over_sqrt_n():
 
 def test_other_kinds_share_size_but_stay_outside_the_animal_span(world):
     emb = world.entity_embeddings()
-    others = emb[TINY.n_animals:]
+    others = emb[TINY.n_animals :]
     u, size = world.attribute_directions, world.size_direction
     inside = (others @ u.T) @ u
     assert torch.allclose(inside, (others @ size)[:, None] * size, atol=1e-5)  # only the size component is inside
@@ -144,14 +145,17 @@ def test_saved_ground_truth_keys_and_shapes(world, tmp_path):
     assert t["examples_is_train"].dtype == torch.bool
 
 
-@pytest.mark.parametrize("kwargs,key", [
-    ({"n_attributes": 70, "d_model": 64}, "n_attributes"),
-    ({"n_animals": 0}, "n_animals"),
-    ({"size_attribute": 40}, "size_attribute"),
-    ({"attribute_questions": [0, 1, 32]}, "attribute_questions"),
-    ({"n_animals": 600, "n_facts": 3, "n_fact_answers": 8}, "n_facts"),
-    ({"d_model": 64}, "d_model"),
-])
+@pytest.mark.parametrize(
+    "kwargs,key",
+    [
+        ({"n_attributes": 70, "d_model": 64}, "n_attributes"),
+        ({"n_animals": 0}, "n_animals"),
+        ({"size_attribute": 40}, "size_attribute"),
+        ({"attribute_questions": [0, 1, 32]}, "attribute_questions"),
+        ({"n_animals": 600, "n_facts": 3, "n_fact_answers": 8}, "n_facts"),
+        ({"d_model": 64}, "d_model"),
+    ],
+)
 def test_bad_world_configs_fail_naming_the_key(kwargs, key):
     with pytest.raises(ValueError, match=key) as err:
         WorldConfig(**kwargs)

@@ -29,8 +29,10 @@ class SAESpec:
         check(self.width >= 1, f"SAE width={self.width} must be >= 1")
         sparse_k = self.kind is not SAEKind.relu
         if sparse_k:
-            check(self.k is not None and 1 <= self.k <= self.width,
-                  f"a {self.kind.value} SAE needs 1 <= k <= width={self.width}, got k={self.k}")
+            check(
+                self.k is not None and 1 <= self.k <= self.width,
+                f"a {self.kind.value} SAE needs 1 <= k <= width={self.width}, got k={self.k}",
+            )
         else:
             check(self.l1_coeff is not None and self.l1_coeff > 0, f"a relu SAE needs l1_coeff > 0, got {self.l1_coeff}")
         if self.kind is SAEKind.matryoshka:
@@ -101,8 +103,10 @@ class Width(Frozen):
     animals: int = 0
 
     def __post_init__(self) -> None:
-        check(self.attributes >= 0 and self.animals >= 0 and self.attributes + self.animals > 0,
-              f"baselines width {{attributes: {self.attributes}, animals: {self.animals}}} needs non-negative counts, not both 0")
+        check(
+            self.attributes >= 0 and self.animals >= 0 and self.attributes + self.animals > 0,
+            f"baselines width {{attributes: {self.attributes}, animals: {self.animals}}} needs non-negative counts, not both 0",
+        )
         super().__post_init__()
 
     def resolve(self, n_attributes: int, n_animals: int) -> int:
@@ -125,22 +129,32 @@ class BaselinesConfig(Frozen):
     # k = factor x each family's true L0 on the inputs (rounded, clipped to [1, width]): k = 1, 2, n_attributes,
     # 2 n_attributes. Below a family's true L0 its coefficients cannot all be carried, so no factor < 1 by default.
     l0_factors: list[float] = field(default_factory=lambda: [1.0, 2.0])
-    l1_coeffs: list[float] = field(default_factory=lambda: [0.03, 0.1, 0.3, 1.0])  # relu: measured L0 ~50 down to ~4 on world=demo
+    l1_coeffs: list[float] = field(
+        default_factory=lambda: [0.03, 0.1, 0.3, 1.0]
+    )  # relu: measured L0 ~50 down to ~4 on world=demo
     matryoshka_prefixes: list[Width] = field(default_factory=lambda: [Width(attributes=1)])
     practitioner_max_l0: float = 8.0  # the practitioner's pick: best reconstruction among SAEs at most this dense
     n_train_inputs: int = 0  # SAE training pool: this many training inputs (0: all of them)
     train: SAETrainConfig = field(default_factory=SAETrainConfig)
 
     def __post_init__(self) -> None:
-        check(self.hook.startswith("blocks.") or self.hook.startswith("hook_"),
-              f"baselines.hook={self.hook!r} is not a TransformerLens hook name like 'blocks.0.hook_resid_mid'")
-        check(len(self.kinds) > 0 and len(set(self.kinds)) == len(self.kinds),
-              f"baselines.kinds={[k.value for k in self.kinds]} must list each SAE kind once, at least one")
+        check(
+            self.hook.startswith("blocks.") or self.hook.startswith("hook_"),
+            f"baselines.hook={self.hook!r} is not a TransformerLens hook name like 'blocks.0.hook_resid_mid'",
+        )
+        check(
+            len(self.kinds) > 0 and len(set(self.kinds)) == len(self.kinds),
+            f"baselines.kinds={[k.value for k in self.kinds]} must list each SAE kind once, at least one",
+        )
         check(len(self.widths) > 0, "baselines.widths is empty: give at least one width")
-        check(len(self.l0_factors) > 0 and all(f > 0 for f in self.l0_factors),
-              f"baselines.l0_factors={self.l0_factors} must be positive, at least one")
-        check(len(self.l1_coeffs) > 0 and all(c > 0 for c in self.l1_coeffs),
-              f"baselines.l1_coeffs={self.l1_coeffs} must be positive, at least one")
+        check(
+            len(self.l0_factors) > 0 and all(f > 0 for f in self.l0_factors),
+            f"baselines.l0_factors={self.l0_factors} must be positive, at least one",
+        )
+        check(
+            len(self.l1_coeffs) > 0 and all(c > 0 for c in self.l1_coeffs),
+            f"baselines.l1_coeffs={self.l1_coeffs} must be positive, at least one",
+        )
         check(self.practitioner_max_l0 > 0, f"baselines.practitioner_max_l0={self.practitioner_max_l0} must be > 0")
         check(self.n_train_inputs >= 0, f"baselines.n_train_inputs={self.n_train_inputs} must be >= 0 (0: all)")
         super().__post_init__()

@@ -14,9 +14,9 @@ from torch import Tensor, nn
 
 from circuitdecomp.baselines.config import ActivationSpace, BaselinesConfig
 from circuitdecomp.evaluate.recovery import GroundTruth
+from circuitdecomp.evaluate.truth import ground_truth
 from circuitdecomp.frozen import check
 from circuitdecomp.world.questions import Examples
-from circuitdecomp.world.sampler import ground_truth
 from circuitdecomp.world.vocab import READOUT_POS
 from circuitdecomp.world.world import World
 
@@ -41,7 +41,7 @@ def readout_residual(model: nn.Module, examples: Examples, hook: str, batch_size
     """The residual at `hook` (a TransformerLens hook name) at the read-out position, for every row of `examples`."""
     out = []
     for s in range(0, len(examples), batch_size):
-        _, cache = model.run_with_cache(examples.tokens[s:s + batch_size], names_filter=lambda name: name == hook)
+        _, cache = model.run_with_cache(examples.tokens[s : s + batch_size], names_filter=lambda name: name == hook)
         if hook not in cache:
             _, every = model.run_with_cache(examples.tokens[:1])
             resid = [k for k in every.keys() if "resid" in k]

@@ -11,14 +11,24 @@ import torch
 from circuitdecomp.baselines.data import ReadoutData, readout_data
 from circuitdecomp.baselines.sweep import SAEResult, clear_checkpoints, fve, practitioner_pick, run_sweep, sweep_specs, true_l0
 from circuitdecomp.baselines.table import Entry, Row, ThesisTable, oracle_row, score_entry
+from circuitdecomp.checkpoint import BOOKKEEPING, run_fingerprint
 from circuitdecomp.config import Config
-from circuitdecomp.decomp.checkpoint import BOOKKEEPING, run_fingerprint
 from circuitdecomp.evaluate.config import RecoveryConfig
 from circuitdecomp.evaluate.dictionaries import half_size_dictionary, random_dictionary
 from circuitdecomp.evaluate.recovery import Units
 from circuitdecomp.frozen import check
-from circuitdecomp.runio import (Metrics, load_run, load_tensors, require_keys, save_figure, save_tensors, to_plain,
-                                 update_metrics, write_text)
+from circuitdecomp.rundir import CONTROLS_FILE, FEATURES_FILE, RANDOM_START
+from circuitdecomp.runio import (
+    Metrics,
+    load_run,
+    load_tensors,
+    require_keys,
+    save_figure,
+    save_tensors,
+    to_plain,
+    update_metrics,
+    write_text,
+)
 from circuitdecomp.tracking import Logger
 from circuitdecomp.world.world import World
 
@@ -39,9 +49,11 @@ def saved_row(path: Path, prefix: str, name: str, data: ReadoutData, size_attrib
     saved = load_tensors(path)
     require_keys(saved, [f"{prefix}directions", f"{prefix}values"], path)
     n_inputs, n_units = saved[f"{prefix}values"].shape
-    check(n_inputs == data.truth.n_inputs,
-          f"{path} has values on {n_inputs} inputs, the baselines score on {data.truth.n_inputs}: run the features stage "
-          "again with the same evaluation.n_inputs and seed")
+    check(
+        n_inputs == data.truth.n_inputs,
+        f"{path} has values on {n_inputs} inputs, the baselines score on {data.truth.n_inputs}: run the features stage "
+        "again with the same evaluation.n_inputs and seed",
+    )
     if n_units == 0:
         log.warning("%s holds no %s: the thesis table has no row for them", path, name)
         return None
@@ -52,12 +64,14 @@ def saved_row(path: Path, prefix: str, name: str, data: ReadoutData, size_attrib
 def decomposition_rows(run_dir: Path, data: ReadoutData, size_attribute: int, recovery: RecoveryConfig) -> list[Row]:
     """The rows of the features stage, when it has run: SPD features (the recipe, and from a random start) and the
     no-decomposition and random controls, each scored like the SAEs."""
-    from circuitdecomp.pipeline.features import CONTROLS_FILE, FEATURES_FILE
-    from circuitdecomp.pipeline.run import RANDOM_START
 
     run_dir = Path(run_dir)
-    sources = [(run_dir / FEATURES_FILE, "", FEATURES), (run_dir / RANDOM_START / FEATURES_FILE, "", FEATURES_RANDOM_START),
-               (run_dir / CONTROLS_FILE, "neurons/", NEURONS), (run_dir / CONTROLS_FILE, "random/", RANDOM_DIRECTIONS)]
+    sources = [
+        (run_dir / FEATURES_FILE, "", FEATURES),
+        (run_dir / RANDOM_START / FEATURES_FILE, "", FEATURES_RANDOM_START),
+        (run_dir / CONTROLS_FILE, "neurons/", NEURONS),
+        (run_dir / CONTROLS_FILE, "random/", RANDOM_DIRECTIONS),
+    ]
     rows = [saved_row(path, prefix, name, data, size_attribute, recovery) for path, prefix, name in sources]
     return [r for r in rows if r is not None]
 
@@ -76,29 +90,46 @@ def reference_rows(world: World, data: ReadoutData, recovery: RecoveryConfig, se
 
 
 def run_baselines(cfg: Config, run_dir: Path, logger: Logger, out_dir: Path | None = None) -> Metrics:
-    """Train and score the SAE sweep on the target of `run_dir`; writes table, figure, SAEs and metrics to `out_dir` (default run_dir).
+    """Train and score the SAE sweep on the target of `run_dir`; writes table, figure, SAEs and metrics to `out_dir`
+    (default run_dir).
 
     The table gets the features stage's rows on top (features from circuits, from a random start, the neuron and
     random controls) when `run_dir` holds them (values on the same held-out inputs).
     The sweep resumes: an interrupted run re-run with the same settings and
     `out_dir` loads the SAEs it finished and continues the one it was training (`run_sweep`).
     """
-    from circuitdecomp.pipeline.decompose import held_out_batch
     from circuitdecomp.target.run import load_target_run  # imports TransformerLens: seconds
+    from circuitdecomp.world.sampler import held_out_batch
 
     start = time.perf_counter()
     out_dir = Path(run_dir if out_dir is None else out_dir)
     b, recovery = cfg.baselines, cfg.evaluation.recovery
     world, model = load_target_run(Path(run_dir))
     # the inputs the decomposition stage evaluates on (same call, same seed), so the table's rows share inputs
-    held = held_out_batch(world, cfg.evaluation.n_inputs, cfg.seed + 11)
+    held = held_out_batch(world, cfg.evaluation.n_inputs, cfg.seed)
     data = readout_data(world, model, b, held, cfg.seed)
     l0s = true_l0(data.truth)
     specs = sweep_specs(b, world.cfg.n_attributes, world.cfg.n_animals, list(l0s.values()))
-    log.info("baselines: %d SAEs on %d training / %d held-out read-outs (%s space, d=%d); true L0 %s", len(specs),
-             data.train.shape[0], data.eval.shape[0], b.space.value, data.basis.shape[0], l0s)
-    results = run_sweep(data, specs, b, world.cfg.size_attribute, recovery, cfg.seed, logger, out_dir,
-                        sweep_fingerprint(cfg, load_run(Path(run_dir)).config))
+    log.info(
+        "baselines: %d SAEs on %d training / %d held-out read-outs (%s space, d=%d); true L0 %s",
+        len(specs),
+        data.train.shape[0],
+        data.eval.shape[0],
+        b.space.value,
+        data.basis.shape[0],
+        l0s,
+    )
+    results = run_sweep(
+        data,
+        specs,
+        b,
+        world.cfg.size_attribute,
+        recovery,
+        cfg.seed,
+        logger,
+        out_dir,
+        sweep_fingerprint(cfg, load_run(Path(run_dir)).config),
+    )
 
     table, keys = baseline_table(results, reference_rows(world, data, recovery, cfg.seed), b.practitioner_max_l0)
     table = table.with_rows_first(decomposition_rows(Path(run_dir), data, world.cfg.size_attribute, recovery))
@@ -120,8 +151,9 @@ def sweep_fingerprint(cfg: Config, target_run: dict[str, Any]) -> dict[str, Any]
     baselines = {k: v for k, v in to_plain(cfg.baselines).items() if k not in ("run_dir", "practitioner_max_l0")}
     baselines["train"] = {k: v for k, v in baselines["train"].items() if k not in BOOKKEEPING}
     evaluation = {"n_inputs": cfg.evaluation.n_inputs, "recovery": cfg.evaluation.recovery}
-    return run_fingerprint(cfg.seed, baselines=baselines, evaluation=evaluation, world=target_run["world"],
-                           target=target_run["target"]) | {"target_seed": target_run["seed"]}
+    return run_fingerprint(
+        cfg.seed, baselines=baselines, evaluation=evaluation, world=target_run["world"], target=target_run["target"]
+    ) | {"target_seed": target_run["seed"]}
 
 
 def baseline_table(results: list[SAEResult], references: list[Row], max_l0: float) -> tuple[ThesisTable, dict[str, str]]:

@@ -108,7 +108,9 @@ def mse(recon: Float[Tensor, "batch d_model"], x: Float[Tensor, "batch d_model"]
     return (recon - x).pow(2).sum(dim=1).mean()
 
 
-def matryoshka_loss(sae: SparseAutoencoder, latents: Float[Tensor, "batch n_latents"], x: Float[Tensor, "batch d_model"]) -> Float[Tensor, ""]:
+def matryoshka_loss(
+    sae: SparseAutoencoder, latents: Float[Tensor, "batch n_latents"], x: Float[Tensor, "batch d_model"]
+) -> Float[Tensor, ""]:
     """Mean reconstruction error of the nested prefixes, each decoding alone (the full width is the last prefix)."""
     errors = [mse(latents[:, :m] @ sae.W_dec[:m] + sae.b_dec, x) for m in sae.spec.prefix_sizes]
     return torch.stack(errors).mean()

@@ -66,9 +66,17 @@ class SAEResult:
     weights: dict[str, Tensor]  # W_enc, b_enc, W_dec, b_dec in the residual basis, and BatchTopK's threshold
 
 
-def run_sweep(data: ReadoutData, specs: list[SAESpec], cfg: BaselinesConfig, size_attribute: int, recovery: RecoveryConfig,
-              seed: int, logger: Logger, out_dir: Path | None = None,
-              fingerprint: Mapping[str, Any] | None = None) -> list[SAEResult]:
+def run_sweep(
+    data: ReadoutData,
+    specs: list[SAESpec],
+    cfg: BaselinesConfig,
+    size_attribute: int,
+    recovery: RecoveryConfig,
+    seed: int,
+    logger: Logger,
+    out_dir: Path | None = None,
+    fingerprint: Mapping[str, Any] | None = None,
+) -> list[SAEResult]:
     """Train and score every SAE on the same data; each result carries its table row and namespaced metrics.
 
     With `out_dir`, the sweep is resumable: each finished SAE's result is saved in `checkpoints/baselines/` there and
@@ -92,13 +100,22 @@ def run_sweep(data: ReadoutData, specs: list[SAESpec], cfg: BaselinesConfig, siz
                 continue
             tag = f"baselines/{spec.name}"
             batches = activation_batches(data.train, cfg.train.batch_size, seed + 1000 * i)
-            trained = train_sae(batches, spec, cfg.train, seed + 1000 * i, logger, tag,
-                                ckpt_dir=None if folder is None else folder / spec.name)
+            trained = train_sae(
+                batches, spec, cfg.train, seed + 1000 * i, logger, tag, ckpt_dir=None if folder is None else folder / spec.name
+            )
             result = _score(trained, data, size_attribute, recovery, tag)
             values = result.row.values
-            log.info("%d/%d %s: FVE %.3f, L0 %.2f, coef recall animals %.2f attributes %.2f (%.1f s)", i + 1, len(specs),
-                     spec.name, values["fve"], values["l0"], values["animals/coef_recall"], values["attributes/coef_recall"],
-                     trained.seconds)
+            log.info(
+                "%d/%d %s: FVE %.3f, L0 %.2f, coef recall animals %.2f attributes %.2f (%.1f s)",
+                i + 1,
+                len(specs),
+                spec.name,
+                values["fve"],
+                values["l0"],
+                values["animals/coef_recall"],
+                values["attributes/coef_recall"],
+                trained.seconds,
+            )
             if done is not None:
                 _save_result(done, result)
                 if (folder / spec.name).exists():  # its signal checkpoint: the result replaces it
@@ -124,8 +141,13 @@ def _score(trained: TrainedSAE, data: ReadoutData, size_attribute: int, recovery
     metrics = {f"{tag}/{k}": v for k, v in recovery_metrics.items()}
     metrics |= {f"{tag}/fve": recon_fve, f"{tag}/l0": l0, f"{tag}/dead_frac": dead_frac, f"{tag}/train_seconds": trained.seconds}
     # in the residual basis: latents = act((x - b_dec) @ W_enc + b_enc) on the full residual, x̂ = latents @ W_dec + b_dec
-    weights = {"W_enc": data.basis.T @ sae.W_enc.detach(), "b_enc": sae.b_enc.detach(), "W_dec": W_dec,
-               "b_dec": data.lift(sae.b_dec.detach()[None])[0], "threshold": sae.threshold.detach()}
+    weights = {
+        "W_enc": data.basis.T @ sae.W_enc.detach(),
+        "b_enc": sae.b_enc.detach(),
+        "W_dec": W_dec,
+        "b_dec": data.lift(sae.b_dec.detach()[None])[0],
+        "threshold": sae.threshold.detach(),
+    }
     return SAEResult(spec, row, metrics, weights)
 
 
@@ -137,17 +159,21 @@ def _resume_or_start(folder: Path, fingerprint: Mapping[str, Any]) -> None:
         write_text(path, json.dumps(to_plain(fingerprint), indent=1))
         return
     if not path.is_file():
-        raise BadRunFile(f"{folder} holds saved SAEs but not the settings they were made with ({SWEEP_FILE}); delete {folder} "
-                         "to start the SAE sweep afresh")
+        raise BadRunFile(
+            f"{folder} holds saved SAEs but not the settings they were made with ({SWEEP_FILE}); delete {folder} "
+            "to start the SAE sweep afresh"
+        )
     try:
         saved = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise BadRunFile(f"{path} is not valid JSON ({err}); delete {folder} to start the SAE sweep afresh") from err
     changed = config_differences(saved, fingerprint)
     if changed:
-        raise BadRunFile(f"the unfinished SAE sweep in {folder} was made with other settings ({'; '.join(changed[:4])}): re-run "
-                         f"with the settings it was made with to resume it, delete {folder} to start afresh, or use a new "
-                         "hydra.run.dir")
+        raise BadRunFile(
+            f"the unfinished SAE sweep in {folder} was made with other settings ({'; '.join(changed[:4])}): re-run "
+            f"with the settings it was made with to resume it, delete {folder} to start afresh, or use a new "
+            "hydra.run.dir"
+        )
 
 
 def _save_result(path: Path, result: SAEResult) -> Path:

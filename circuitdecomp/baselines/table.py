@@ -67,7 +67,12 @@ class Row:
 
 
 def score_entry(
-    name: str, entry: Entry, truth: GroundTruth, size_attribute: int, cfg: RecoveryConfig = RecoveryConfig(), subspace: bool = False
+    name: str,
+    entry: Entry,
+    truth: GroundTruth,
+    size_attribute: int,
+    cfg: RecoveryConfig = RecoveryConfig(),
+    subspace: bool = False,
 ) -> tuple[Row, Metrics]:
     """Score one dictionary: its table row and its full `recovery/...` metrics (`subspace`: use the subspace scores)."""
     names = tuple(f.name for f in truth.families)
@@ -76,8 +81,11 @@ def score_entry(
     result = score_recovery(entry.units, truth, cfg)
     metrics = to_metrics(result)
     geo = "subspace/" if subspace else ""
-    values = {f"{f}/{m}": metrics[f"recovery/{f}/{geo}{m}"] for f in (*FAMILIES, "min")
-              for m in ("one_to_one_frac_cos90", "frac_cos90", "coef_recall")}
+    values = {
+        f"{f}/{m}": metrics[f"recovery/{f}/{geo}{m}"]
+        for f in (*FAMILIES, "min")
+        for m in ("one_to_one_frac_cos90", "frac_cos90", "coef_recall")
+    }
     values |= {f"{f}/coef_r2": metrics[f"recovery/{f}/{geo}coef_r2"] for f in FAMILIES}
     values["units_read_size"] = _units_to_read(result, "attributes", size_attribute, cfg.probe_max_units)
     values["units_read_animal"] = metrics["recovery/animals/units_for_r2_90"]
@@ -126,7 +134,13 @@ class ThesisTable:
 
     def metrics(self, keys: dict[str, str], prefix: str = "baselines") -> Metrics:
         """`<prefix>/<keys[row name]>/<column>` for the rows named in `keys` (NaN cells left out)."""
-        return {f"{prefix}/{keys[r.name]}/{k}": v for r in self.rows if r.name in keys for k, v in r.values.items() if not math.isnan(v)}
+        return {
+            f"{prefix}/{keys[r.name]}/{k}": v
+            for r in self.rows
+            if r.name in keys
+            for k, v in r.values.items()
+            if not math.isnan(v)
+        }
 
     def save(self, path: Path) -> Path:
         """Write the rows as JSON (a later stage adds its own rows and re-renders)."""
@@ -144,8 +158,10 @@ class ThesisTable:
         """Two panels, one bar per family per row: coefficient recall (the thesis) and direction recovery."""
         fig, axes = plt.subplots(1, 2, figsize=(11, 0.55 * len(self.rows) + 1.6), sharey=True)
         y = range(len(self.rows))
-        for ax, metric, label in ((axes[0], "coef_recall", "coefficient recall (value = true coefficient)"),
-                                  (axes[1], "one_to_one_frac_cos90", "direction recovery, one-to-one (|cos| ≥ 0.9)")):
+        for ax, metric, label in (
+            (axes[0], "coef_recall", "coefficient recall (value = true coefficient)"),
+            (axes[1], "one_to_one_frac_cos90", "direction recovery, one-to-one (|cos| ≥ 0.9)"),
+        ):
             for shift, fam, colour in ((-0.2, "animals", "tab:orange"), (0.2, "attributes", "tab:blue")):
                 vals = [r.values[f"{fam}/{metric}"] for r in self.rows]
                 ax.barh([i + shift for i in y], vals, height=0.38, color=colour, label=fam)
@@ -157,8 +173,10 @@ class ThesisTable:
         axes[0].set_yticks(list(y), [r.name for r in self.rows])
         axes[0].invert_yaxis()
         axes[0].legend(loc="lower right", fontsize=8)
-        fig.suptitle(f"{title}\nboth bars past the dotted line (0.9) = one dictionary carrying both families' true coefficients",
-                     fontsize=10)
+        fig.suptitle(
+            f"{title}\nboth bars past the dotted line (0.9) = one dictionary carrying both families' true coefficients",
+            fontsize=10,
+        )
         fig.tight_layout()
         return fig
 
@@ -177,7 +195,11 @@ def _cell(row: Row, col: Column) -> str:
 
 
 def thesis_table(
-    entries: dict[str, Entry], truth: GroundTruth, size_attribute: int, cfg: RecoveryConfig = RecoveryConfig(), subspace: bool = False
+    entries: dict[str, Entry],
+    truth: GroundTruth,
+    size_attribute: int,
+    cfg: RecoveryConfig = RecoveryConfig(),
+    subspace: bool = False,
 ) -> ThesisTable:
     """Score every entry (in order) into one table."""
     return ThesisTable(tuple(score_entry(name, e, truth, size_attribute, cfg, subspace)[0] for name, e in entries.items()))

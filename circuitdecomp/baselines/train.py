@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from circuitdecomp.baselines.config import SAEKind, SAESpec, SAETrainConfig
 from circuitdecomp.baselines.sae import SparseAutoencoder, aux_k_loss, l1_penalty, matryoshka_loss, mse
-from circuitdecomp.decomp.checkpoint import latest_checkpoint, load_checkpoint, run_fingerprint, save_checkpoint
+from circuitdecomp.checkpoint import latest_checkpoint, load_checkpoint, run_fingerprint, save_checkpoint
 from circuitdecomp.interrupt import Interrupted, check_finite, stop_on_signals
 from circuitdecomp.progress import progress
 from circuitdecomp.runio import Metrics
@@ -39,8 +39,9 @@ def _lr(step: int, cfg: SAETrainConfig) -> float:
     return cfg.lr * (cfg.steps - step) / max(1, cfg.steps - decay_start)
 
 
-def _loss(sae: SparseAutoencoder, x: Float[Tensor, "batch d_model"], dead: Bool[Tensor, " n_latents"],
-          cfg: SAETrainConfig) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+def _loss(
+    sae: SparseAutoencoder, x: Float[Tensor, "batch d_model"], dead: Bool[Tensor, " n_latents"], cfg: SAETrainConfig
+) -> tuple[Tensor, dict[str, Tensor], Tensor]:
     """Total loss, its terms by name (`mse` always: the reconstruction error) and the latents (for bookkeeping)."""
     spec = sae.spec
     out = sae(x, batch_sparsity=True)
@@ -120,8 +121,9 @@ def train_sae(
         for step in range(first_step, cfg.steps):
             if stop.set:
                 if ckpt_dir is not None:
-                    save_checkpoint(ckpt_dir.parent, step, state, opt, gens, folder=ckpt_dir.name, by_signal=True,
-                                    fingerprint=fingerprint)
+                    save_checkpoint(
+                        ckpt_dir.parent, step, state, opt, gens, folder=ckpt_dir.name, by_signal=True, fingerprint=fingerprint
+                    )
                 raise Interrupted(f"{label} stopped by {stop.signal_name} at step {step}")
             if step > 0:
                 x = next(batches)
@@ -141,14 +143,21 @@ def train_sae(
                 sae.update_threshold(latents, cfg.threshold_momentum)
             fired = (latents > 0).any(dim=0)
             since_fired.add_(1).masked_fill_(fired, 0)
-            if cfg.resample_every and step % cfg.resample_every == cfg.resample_every - 1 and step < cfg.resample_until * cfg.steps:
+            if (
+                cfg.resample_every
+                and step % cfg.resample_every == cfg.resample_every - 1
+                and step < cfg.resample_until * cfg.steps
+            ):
                 dead = since_fired >= cfg.dead_after
                 if resample_dead(sae, opt, x, dead, gens["resample"]):
                     since_fired[dead] = 0
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
-                metrics: Metrics = {f"{tag}/loss": loss.item(), f"{tag}/mse": terms["mse"].item(),
-                                    f"{tag}/l0": (latents > 0).float().sum(dim=1).mean().item(),
-                                    f"{tag}/dead_frac": dead.float().mean().item()}
+                metrics: Metrics = {
+                    f"{tag}/loss": loss.item(),
+                    f"{tag}/mse": terms["mse"].item(),
+                    f"{tag}/l0": (latents > 0).float().sum(dim=1).mean().item(),
+                    f"{tag}/dead_frac": dead.float().mean().item(),
+                }
                 logger.log(metrics)
                 bar.set_postfix(mse=f"{terms['mse'].item():.3g}", l0=f"{metrics[f'{tag}/l0']:.3g}")
             bar.update(1)
@@ -157,8 +166,14 @@ def train_sae(
     return TrainedSAE(sae.eval(), since_fired >= cfg.dead_after, loss.item(), seconds)
 
 
-def _resume(ckpt_dir: Path, state: dict[str, nn.Parameter], opt: torch.optim.Optimizer, gens: dict[str, torch.Generator],
-            fingerprint: dict[str, Any], batches: Iterator[Tensor]) -> int:
+def _resume(
+    ckpt_dir: Path,
+    state: dict[str, nn.Parameter],
+    opt: torch.optim.Optimizer,
+    gens: dict[str, torch.Generator],
+    fingerprint: dict[str, Any],
+    batches: Iterator[Tensor],
+) -> int:
     """Restore the newest checkpoint in `ckpt_dir`, if any, and skip the batches trained on before it; returns its step (or 0)."""
     ckpt = latest_checkpoint(ckpt_dir.parent, ckpt_dir.name)
     if ckpt is None:
@@ -184,8 +199,10 @@ def describe(spec: SAESpec) -> str:
 def check_batch(x: Tensor, d_model: int | None = None) -> None:
     """Activation batches are finite float matrices [batch, d_model] of one width."""
     if x.ndim != 2 or not x.is_floating_point():
-        raise ValueError(f"SAE batches must be float tensors [batch, d_model]; got dtype {x.dtype}, shape {tuple(x.shape)}: "
-                         "flatten positions into the batch first")
+        raise ValueError(
+            f"SAE batches must be float tensors [batch, d_model]; got dtype {x.dtype}, shape {tuple(x.shape)}: "
+            "flatten positions into the batch first"
+        )
     if d_model is not None and x.shape[1] != d_model:
         raise ValueError(f"SAE batch has d_model={x.shape[1]} but the first batch had {d_model}: feed one activation site")
     if not bool(torch.isfinite(x).all()):
@@ -195,4 +212,4 @@ def check_batch(x: Tensor, d_model: int | None = None) -> None:
 @torch.no_grad()
 def encode(sae: SparseAutoencoder, x: Float[Tensor, "n d_model"], batch_size: int = 8192) -> Float[Tensor, "n n_latents"]:
     """Inference latents (BatchTopK/Matryoshka use their threshold), in batches."""
-    return torch.cat([sae(x[s:s + batch_size]).latents for s in range(0, x.shape[0], batch_size)])
+    return torch.cat([sae(x[s : s + batch_size]).latents for s in range(0, x.shape[0], batch_size)])

@@ -96,7 +96,9 @@ def find_slots(model: nn.Module) -> dict[str, Slot]:
             held = module.original_component
             if isinstance(held, PreIdentity):
                 slots[path] = Slot(path, lambda h=held: h.inner, _setter(held, "inner"))
-                slots[f"{path}.pre_identity"] = Slot(f"{path}.pre_identity", lambda h=held: h.pre_identity, _setter(held, "pre_identity"))
+                slots[f"{path}.pre_identity"] = Slot(
+                    f"{path}.pre_identity", lambda h=held: h.pre_identity, _setter(held, "pre_identity")
+                )
             elif weight_kind(held) is not None:
                 slots[path] = Slot(path, lambda m=module: m.original_component, module.set_original_component)
             continue

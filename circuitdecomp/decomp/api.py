@@ -8,7 +8,6 @@ same batches and trains on its own slice of each; rank 0 alone logs and writes.
 import contextlib
 import dataclasses
 import itertools
-import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +15,9 @@ from typing import Any
 
 import torch
 from jaxtyping import Float, Int
-from safetensors import safe_open
 from torch import Tensor, nn
 
+from circuitdecomp.decomp import engine
 from circuitdecomp.decomp.adapters import WeightKind
 from circuitdecomp.decomp.components import MaskInfo
 from circuitdecomp.decomp.config import DecompositionConfig, ModuleSpec, OutputLoss
@@ -26,8 +25,8 @@ from circuitdecomp.decomp.distributed import current_shard
 from circuitdecomp.decomp.losses import output_distance
 from circuitdecomp.decomp.model import ComponentModel, default_output
 from circuitdecomp.decomp.span import data_span, project_onto, row_factor
-from circuitdecomp.decomp.train import TrainResult, train_decomposition
-from circuitdecomp.runio import Metrics, load_tensors, save_tensors, to_plain
+from circuitdecomp.decomp.train import TrainResult
+from circuitdecomp.runio import Metrics
 from circuitdecomp.tracking import Logger, NullLogger
 
 OutputFn = Callable[[Any], Tensor]
@@ -54,8 +53,8 @@ class Decomposition:
     The model keeps its own modules; the decomposed twins are swapped in only while a method runs it.
     """
 
-    def __init__(self, cm: ComponentModel, config: DecompositionConfig, result: TrainResult | None = None) -> None:
-        self.cm, self.config, self.result = cm, config, result
+    def __init__(self, cm: ComponentModel, config: DecompositionConfig, result: TrainResult | None = None, seed: int = 0) -> None:
+        self.cm, self.config, self.result, self.seed = cm, config, result, seed
         cm.detach_components()
 
     @contextlib.contextmanager
@@ -91,8 +90,9 @@ class Decomposition:
         return {p: (g.flatten(0, -2).max(0).values > t).nonzero().flatten() for p, g in self.causal_importance(batch).items()}
 
     @torch.no_grad()
-    def directions(self, batch: Any, threshold: float | None = None, *, project: bool = True,
-                   rel_tol: float = 1e-4) -> dict[str, CircuitDirections]:
+    def directions(
+        self, batch: Any, threshold: float | None = None, *, project: bool = True, rel_tol: float = 1e-4
+    ) -> dict[str, CircuitDirections]:
         """Features from circuits: per module, the read and write directions of the components live on `batch`.
 
         Live: CI above `threshold` (default: config.ci_alive_threshold) at some masked position of `batch`.
@@ -161,39 +161,28 @@ class Decomposition:
         return out
 
     def save(self, path: str | Path) -> Path:
-        """One safetensors file: every trained tensor plus the config (as metadata). Rank 0 alone writes."""
+        """One safetensors file: every trained tensor plus the config and seed (as metadata). Rank 0 alone writes."""
         shard = current_shard()
         if shard is not None and not shard.is_main:
             return Path(path)
-        tensors = {k: v.detach() for k, v in self.cm.named_trainables().items()}
-        return save_tensors(Path(path), tensors, {"config": json.dumps(to_plain(self.config))})
+        return engine.save(self.cm, self.config, self.seed, path)
 
     @classmethod
     def load(cls, path: str | Path, model: nn.Module, output_fn: OutputFn = default_output) -> "Decomposition":
         """Rebuild a saved decomposition around the same (frozen) model."""
-        saved = load_tensors(Path(path))
-        with safe_open(str(path), framework="pt") as f:
-            raw = json.loads((f.metadata() or {}).get("config", "null"))
-        if raw is None:
-            raise ValueError(f"{path} has no decomposition config in its metadata: was it written by Decomposition.save?")
+        raw = engine.saved_config(path)
         spec_fields = {f.name: f.type for f in dataclasses.fields(ModuleSpec)}
         raw["modules"] = [ModuleSpec(**{k: _enum(spec_fields[k], v) for k, v in m.items()}) for m in raw["modules"]]
         fields = {f.name: f.type for f in dataclasses.fields(DecompositionConfig)}
         config = DecompositionConfig(**{k: _enum(fields[k], v) for k, v in raw.items()})
         cm = ComponentModel(model, config, output_fn)
-        named = cm.named_trainables()
-        bad = sorted(k for k in named if k not in saved or saved[k].shape != named[k].shape)
-        if bad or set(saved) != set(named):
-            raise ValueError(f"{path} does not match this model: tensors missing or of another shape: {bad[:5]}; "
-                             f"the file has {len(saved)} tensors, the model needs {len(named)}")
-        with torch.no_grad():
-            for k, p in named.items():
-                p.copy_(saved[k])
+        engine.load_into(cm, path)
         return cls(cm, config)
 
 
-def _project_unit(raw: Float[Tensor, "n d"], proj: Callable[[Tensor], Tensor],
-                  project: bool) -> tuple[Float[Tensor, "n d"], Float[Tensor, " n"]]:
+def _project_unit(
+    raw: Float[Tensor, "n d"], proj: Callable[[Tensor], Tensor], project: bool
+) -> tuple[Float[Tensor, "n d"], Float[Tensor, " n"]]:
     """Unit rows (projected by `proj` if `project`; zero where under 1e-6 of a row is inside), and |proj(v)| / |v|."""
     unit = raw / raw.norm(dim=1, keepdim=True).clamp_min(torch.finfo(raw.dtype).tiny)
     inside_vec = proj(unit)
@@ -208,28 +197,38 @@ def _enum(annotation: Any, value: Any) -> Any:
     return annotation(value) if isinstance(annotation, type) and issubclass(annotation, str) and annotation is not str else value
 
 
-def decompose(model: nn.Module, module_patterns: dict[str, int], batches: Iterable[Any],
-              config: DecompositionConfig | None = None, *, out_dir: str | Path | None = None, seed: int = 0,
-              logger: Logger | None = None, output_fn: OutputFn = default_output, log_every: int = 100) -> Decomposition:
+def decompose(
+    model: nn.Module,
+    module_patterns: dict[str, int],
+    batches: Iterable[Any],
+    config: DecompositionConfig | None = None,
+    *,
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    logger: Logger | None = None,
+    output_fn: OutputFn = default_output,
+    log_every: int = 100,
+) -> Decomposition:
     """Run SPD on any frozen nn.Module. `module_patterns` maps fnmatch patterns to C; `batches` yields inputs.
 
     The output loss (MSE, or KL on logits), steps, coefficients etc. come from `config`; its `modules` field is
     replaced by `module_patterns`, and its `seed`, when set, overrides `seed`. Every batch must have the shape
     of the first. Masks follow the module inputs' leading dims: per example for [batch, d], per token for
     [batch, pos, d]. With `out_dir`, checkpoints go there and a re-run resumes (with the batches the iterable
-    yields next). `output_fn` picks the tensor to reconstruct from the model's output (default: the tensor
-    itself or `.logits`).
+    yields next); the finished decomposition is saved there as `decomposition.safetensors`, and a call on an
+    `out_dir` that holds one loads it instead of training. `output_fn` picks the tensor to reconstruct from the
+    model's output (default: the tensor itself or `.logits`). Seeding, training, checkpoints and the saved file
+    are `engine.fit`'s, the same the toys and the pipeline use.
     """
     _check_model(model)
     specs = [ModuleSpec(pattern, C) for pattern, C in module_patterns.items()]
     config = dataclasses.replace(config or DecompositionConfig(), modules=specs)
-    seed = seed if config.seed is None else config.seed
+    seed = engine.resolve_seed(config, seed)
     shard = current_shard()
     if shard is not None:  # one target for all ranks, even where their own training of it was not bit-identical
         shard.broadcast(itertools.chain(model.parameters(), model.buffers()))
     first, stream = _batch_source(batches)
-    torch.manual_seed(seed)
-    cm = ComponentModel(model, config, output_fn)
+    cm = engine.component_model(model, config, seed, output_fn)
     try:
         _check_first_batch(cm, first if shard is None else shard.local(first), config)
     except BaseException:
@@ -248,19 +247,20 @@ def decompose(model: nn.Module, module_patterns: dict[str, int], batches: Iterab
     if shard is not None and not shard.is_main:
         logger = NullLogger()
     try:
-        result = train_decomposition(cm, sample, config, seed, None if out_dir is None else Path(out_dir), logger,
-                                     log_every=log_every, shard=shard)
+        result = engine.fit(cm, sample, config, seed, out_dir=out_dir, logger=logger, log_every=log_every, shard=shard)
     except BaseException:  # divergence, interruption, bad batches: the checkpoint stays, the model is given back
         cm.detach_components()
         raise
-    return Decomposition(cm, config, result)
+    return Decomposition(cm, config, result, seed)
 
 
 def _check_model(model: nn.Module) -> None:
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     if trainable:
-        raise ValueError(f"the model has {len(trainable)} parameters that require grad ({', '.join(trainable[:3])}, ...): "
-                         "SPD decomposes a frozen model; call model.requires_grad_(False) first")
+        raise ValueError(
+            f"the model has {len(trainable)} parameters that require grad ({', '.join(trainable[:3])}, ...): "
+            "SPD decomposes a frozen model; call model.requires_grad_(False) first"
+        )
 
 
 def _batch_source(batches: Iterable[Any]) -> tuple[Any, Iterator[Any]]:
@@ -283,8 +283,10 @@ def _check_first_batch(cm: ComponentModel, batch: Any, config: DecompositionConf
         x = cm.state.inputs[(path, 0)]
         need = 1 if cm.component(path).kind is WeightKind.embedding else 2
         if x.ndim < need:
-            raise ValueError(f"module '{path}' got an input of shape {tuple(x.shape)} from the first batch ({_shape(batch)}): "
-                             "it has no batch dimension; batches must be [batch, ...] (or [batch, pos, ...])")
+            raise ValueError(
+                f"module '{path}' got an input of shape {tuple(x.shape)} from the first batch ({_shape(batch)}): "
+                "it has no batch dimension; batches must be [batch, ...] (or [batch, pos, ...])"
+            )
     if config.output_loss is OutputLoss.kl and out.ndim < 2:
         raise ValueError(f"output_loss=kl needs logits [batch, ..., classes]; the model returned shape {tuple(out.shape)}")
 

@@ -1,15 +1,24 @@
-"""Causal-importance functions and the leaky hard sigmoids that bound them to [0, 1]."""
+"""Causal-importance functions and the leaky hard sigmoids that bound them to [0, 1].
+
+A CI function is an `nn.Module` with the `CIFunction` protocol; `CI_FUNCTIONS` maps each `CIFnType` (the
+`decomposition.ci_fn` key) to its builder. Adding one is a class here, its row in `CI_FUNCTIONS` and its value
+in `CIFnType` (decomp/config.py); `tests/test_decomp_model.py` checks every value has a row.
+"""
 
 import inspect
 import math
 import typing
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import einops
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
+
+from circuitdecomp.decomp.config import CIFnType, DecompositionConfig
 
 
 class _LowerLeakyHardSigmoid(torch.autograd.Function):
@@ -80,17 +89,24 @@ def _ci_forward(acts: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, al
     return lower, torch.where(pre > 1, 1 + alpha * (pre - 1), lower), pre
 
 
-def _ci_backward(grad_lower: Tensor, grad_upper: Tensor, acts: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, pre: Tensor,
-                 alpha: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _ci_backward(
+    grad_lower: Tensor, grad_upper: Tensor, acts: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, pre: Tensor, alpha: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of `_ci_forward` wrt (acts, w1, b1, w2, b2), hidden layer recomputed; same rules as the hard sigmoids."""
     z = acts.unsqueeze(-1) * w1 + b1
     cdf, pdf = _normal_cdf_pdf(z)
     below = torch.where(grad_lower < 0, alpha * grad_lower, 0.0)  # lower: leaks below 0 only when pushed up
-    grad_pre = (torch.where(pre <= 0, below, torch.where(pre <= 1, grad_lower, 0.0))
-                + torch.where(pre > 1, alpha * grad_upper, torch.where(pre >= 0, grad_upper, 0.0)))
+    grad_pre = torch.where(pre <= 0, below, torch.where(pre <= 1, grad_lower, 0.0)) + torch.where(
+        pre > 1, alpha * grad_upper, torch.where(pre >= 0, grad_upper, 0.0)
+    )
     grad_z = grad_pre.unsqueeze(-1) * w2 * (cdf + z * pdf)  # GELU' = Phi + z phi
-    return ((grad_z * w1).sum(-1), (grad_z * acts.unsqueeze(-1)).sum(0), grad_z.sum(0),
-            (grad_pre.unsqueeze(-1) * (z * cdf)).sum(0), grad_pre.sum(0))
+    return (
+        (grad_z * w1).sum(-1),
+        (grad_z * acts.unsqueeze(-1)).sum(0),
+        grad_z.sum(0),
+        (grad_pre.unsqueeze(-1) * (z * cdf)).sum(0),
+        grad_pre.sum(0),
+    )
 
 
 _compiled: dict[str, Any] = {}
@@ -114,8 +130,9 @@ class _FusedCI(torch.autograd.Function):
     """MLP and hard sigmoids in one forward and one backward kernel; saves no [n, C, H] activations (recomputed)."""
 
     @staticmethod
-    def forward(ctx: Any, acts: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, alpha: float,
-                compile: bool) -> tuple[Tensor, Tensor]:
+    def forward(
+        ctx: Any, acts: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, alpha: float, compile: bool
+    ) -> tuple[Tensor, Tensor]:
         # detached, the compiled kernel sees the same inputs as on the no-grad path: one compilation per shape, not two
         acts, w1, b1, w2, b2 = (t.detach() for t in (acts, w1, b1, w2, b2))
         lower, upper, pre = _kernels(compile)[0](acts, w1, b1, w2, b2, alpha)
@@ -224,3 +241,39 @@ class SharedMLP(nn.Module):
     def importance(self, acts: Float[Tensor, "*batch C"], x: Float[Tensor, "*batch d_in"], leak: float) -> tuple[Tensor, Tensor]:
         """(lower, upper) CI."""
         return hard_sigmoids(self(acts, x), leak)
+
+
+@runtime_checkable
+class CIFunction(Protocol):
+    """What `ComponentModel` asks of a causal-importance function (an `nn.Module`; its parameters are trained)."""
+
+    def importance(self, acts: Float[Tensor, "*batch C"], x: Tensor, leak: float) -> tuple[Tensor, Tensor]:
+        """(lower, upper) leaky-hard-sigmoid CI from the component activations x . V_c (`acts`) and the CI input
+        `x` (the module input; for an embedding, `acts`)."""
+        ...
+
+    def reset_parameters(self) -> None:
+        """Redraw the parameters (restarts)."""
+        ...
+
+
+@dataclass(frozen=True)
+class CISite:
+    """What a builder knows of the module whose components it gates."""
+
+    C: int
+    d_in: int  # width of the CI input x (C for an embedding, whose CI reads x . V)
+
+
+CI_FUNCTIONS: dict[CIFnType, Callable[[CISite, DecompositionConfig], nn.Module]] = {
+    CIFnType.mlp: lambda site, cfg: PerComponentMLP(site.C, list(cfg.ci_hidden), compile=cfg.compile, init_bias=cfg.ci_init_bias),
+    CIFnType.shared_mlp: lambda site, cfg: SharedMLP(site.C, site.d_in, list(cfg.ci_hidden)),
+}
+
+
+def make_ci_function(kind: CIFnType, site: CISite, cfg: DecompositionConfig) -> nn.Module:
+    """The CI function `decomposition.ci_fn` names, for one decomposed module."""
+    fn = CI_FUNCTIONS[kind](site, cfg)
+    if not isinstance(fn, CIFunction):
+        raise TypeError(f"the CI function for ci_fn={kind.value} ({type(fn).__name__}) lacks importance/reset_parameters")
+    return fn

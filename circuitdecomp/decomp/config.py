@@ -153,8 +153,10 @@ class DecompositionConfig(Frozen):
         check(self.batch_size >= 1, f"decomposition.batch_size={self.batch_size} must be >= 1")
         check(self.lr > 0, f"decomposition.lr={self.lr} must be > 0")
         check(math.isfinite(self.lr), f"decomposition.lr={self.lr} must be finite")
-        check(0 <= self.importance_warmup_frac <= 1,
-              f"decomposition.importance_warmup_frac={self.importance_warmup_frac} must be in [0, 1]")
+        check(
+            0 <= self.importance_warmup_frac <= 1,
+            f"decomposition.importance_warmup_frac={self.importance_warmup_frac} must be in [0, 1]",
+        )
         check(0 <= self.lr_warmup_frac <= 1, f"decomposition.lr_warmup_frac={self.lr_warmup_frac} must be in [0, 1]")
         check(self.warmup_steps >= 0, f"decomposition.warmup_steps={self.warmup_steps} must be >= 0")
         check(self.ci_lr_scale > 0, f"decomposition.ci_lr_scale={self.ci_lr_scale} must be > 0")
@@ -166,19 +168,32 @@ class DecompositionConfig(Frozen):
         check(self.warmup_lr > 0, f"decomposition.warmup_lr={self.warmup_lr} must be > 0")
         check(self.warmup_weight_decay >= 0, f"decomposition.warmup_weight_decay={self.warmup_weight_decay} must be >= 0")
         check(self.leak >= 0, f"decomposition.leak={self.leak} must be >= 0")
-        for name in ("faithfulness_coeff", "stochastic_recon_coeff", "layerwise_recon_coeff", "subset_recon_coeff",
-                     "ci_masked_recon_coeff", "rounded_recon_coeff", "importance_beta"):
+        for name in (
+            "faithfulness_coeff",
+            "stochastic_recon_coeff",
+            "layerwise_recon_coeff",
+            "subset_recon_coeff",
+            "ci_masked_recon_coeff",
+            "rounded_recon_coeff",
+            "importance_beta",
+        ):
             check(getattr(self, name) >= 0, f"decomposition.{name}={getattr(self, name)} must be >= 0 (0 switches it off)")
-        check(self.pnorm_final is None or self.pnorm_final > 0, f"decomposition.pnorm_final={self.pnorm_final} must be > 0 or null")
-        check(0 <= self.pnorm_anneal_start <= self.pnorm_anneal_end <= 1,
-              f"decomposition.pnorm_anneal_start={self.pnorm_anneal_start}, pnorm_anneal_end={self.pnorm_anneal_end}: "
-              "need 0 <= start <= end <= 1")
+        check(
+            self.pnorm_final is None or self.pnorm_final > 0, f"decomposition.pnorm_final={self.pnorm_final} must be > 0 or null"
+        )
+        check(
+            0 <= self.pnorm_anneal_start <= self.pnorm_anneal_end <= 1,
+            f"decomposition.pnorm_anneal_start={self.pnorm_anneal_start}, pnorm_anneal_end={self.pnorm_anneal_end}: "
+            "need 0 <= start <= end <= 1",
+        )
         check(self.importance_eps > 0, f"decomposition.importance_eps={self.importance_eps} must be > 0")
         check(0 < self.ci_alive_threshold < 1, f"decomposition.ci_alive_threshold={self.ci_alive_threshold} must be in (0, 1)")
         check(self.pgd_steps >= 0, f"decomposition.pgd_steps={self.pgd_steps} must be >= 0 (0: off)")
         check(self.pgd_step_size > 0, f"decomposition.pgd_step_size={self.pgd_step_size} must be > 0")
         check(self.max_loss > 0, f"decomposition.max_loss={self.max_loss} must be > 0")
-        check(0 <= self.retry_lr_factor < 1, f"decomposition.retry_lr_factor={self.retry_lr_factor} must be in [0, 1) (0: no retry)")
+        check(
+            0 <= self.retry_lr_factor < 1, f"decomposition.retry_lr_factor={self.retry_lr_factor} must be in [0, 1) (0: no retry)"
+        )
         check(self.max_retries >= 0, f"decomposition.max_retries={self.max_retries} must be >= 0")
         patterns = [m.pattern for m in self.modules]
         twice = sorted({p for p in patterns if patterns.count(p) > 1})
@@ -186,6 +201,8 @@ class DecompositionConfig(Frozen):
         check(self.n_mask_samples >= 1, f"decomposition.n_mask_samples={self.n_mask_samples} must be >= 1")
         check(self.pnorm > 0, f"decomposition.pnorm={self.pnorm} must be > 0")
         check(self.importance_coeff >= 0, f"decomposition.importance_coeff={self.importance_coeff} must be >= 0")
-        check(len(self.ci_hidden) >= 1 and min(self.ci_hidden) >= 1,
-              f"decomposition.ci_hidden={list(self.ci_hidden)} needs at least one positive width")
+        check(
+            len(self.ci_hidden) >= 1 and min(self.ci_hidden) >= 1,
+            f"decomposition.ci_hidden={list(self.ci_hidden)} needs at least one positive width",
+        )
         super().__post_init__()

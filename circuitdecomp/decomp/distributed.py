@@ -42,18 +42,22 @@ class Shard:
     def check_config(self, cfg: DecompositionConfig) -> None:
         """Refuse settings whose result would depend on how the batch is split."""
         if cfg.importance_beta != 0 or cfg.restarts != 1:
-            raise ValueError(f"decomposition.importance_beta={cfg.importance_beta} and restarts={cfg.restarts} are not "
-                             f"supported with {self.world} processes; set importance_beta=0 and restarts=1, or run one process")
+            raise ValueError(
+                f"decomposition.importance_beta={cfg.importance_beta} and restarts={cfg.restarts} are not "
+                f"supported with {self.world} processes; set importance_beta=0 and restarts=1, or run one process"
+            )
 
     def local(self, batch: Any) -> Any:
         """This rank's rows (dim 0) of a global batch: a tensor, or a tuple / list / dict of tensors."""
         if isinstance(batch, Tensor):
             n = batch.shape[0]
             if n % self.world:
-                raise ValueError(f"the batch has {n} rows along dim 0, not divisible by {self.world} processes; "
-                                 f"pass a global batch size that is a multiple of {self.world}")
+                raise ValueError(
+                    f"the batch has {n} rows along dim 0, not divisible by {self.world} processes; "
+                    f"pass a global batch size that is a multiple of {self.world}"
+                )
             k = n // self.world
-            return batch[self.rank * k:(self.rank + 1) * k]
+            return batch[self.rank * k : (self.rank + 1) * k]
         if isinstance(batch, (tuple, list)):
             return type(batch)(self.local(b) for b in batch)
         if isinstance(batch, dict):
@@ -69,16 +73,25 @@ class Shard:
     def take(self, t: Tensor) -> Tensor:
         """This rank's rows of a global-batch tensor."""
         k = t.shape[0] // self.world
-        return t[self.rank * k:(self.rank + 1) * k]
+        return t[self.rank * k : (self.rank + 1) * k]
 
-    def sample_masks(self, ci_lower: dict[str, Tensor], sampling: MaskSampling, use_delta: bool,
-                     generator: torch.Generator | None = None) -> dict[str, MaskInfo]:
+    def sample_masks(
+        self, ci_lower: dict[str, Tensor], sampling: MaskSampling, use_delta: bool, generator: torch.Generator | None = None
+    ) -> dict[str, MaskInfo]:
         """`losses.sample_masks` for this rank's rows, with the random draws of the whole global batch."""
         full = L.sample_masks({p: self.pad(g) for p, g in ci_lower.items()}, sampling, use_delta, generator)
-        return {p: MaskInfo(self.take(m.mask), None if m.delta_mask is None else self.take(m.delta_mask)) for p, m in full.items()}
+        return {
+            p: MaskInfo(self.take(m.mask), None if m.delta_mask is None else self.take(m.delta_mask)) for p, m in full.items()
+        }
 
-    def subset_recon_loss(self, run: L.Run, target_out: Tensor, masks: list[dict[str, MaskInfo]], kind: OutputLoss,
-                          generator: torch.Generator | None = None) -> Tensor:
+    def subset_recon_loss(
+        self,
+        run: L.Run,
+        target_out: Tensor,
+        masks: list[dict[str, MaskInfo]],
+        kind: OutputLoss,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """`losses.subset_recon_loss` with the module subsets drawn for the whole global batch."""
         routed = []
         for m in masks:
@@ -94,7 +107,7 @@ class Shard:
         flat /= self.world
         offset = 0
         for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
 
     def average_losses(self, total: Tensor, terms: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:

@@ -32,8 +32,9 @@ def faithfulness_loss(deltas: dict[str, Float[Tensor, "d_out d_in"]]) -> Float[T
     return total / sum(d.numel() for d in deltas.values())
 
 
-def importance_minimality_loss(ci_upper: dict[str, Float[Tensor, "*batch C"]], p: float, eps: float,
-                               beta: float = 0.0) -> Float[Tensor, ""]:
+def importance_minimality_loss(
+    ci_upper: dict[str, Float[Tensor, "*batch C"]], p: float, eps: float, beta: float = 0.0
+) -> Float[Tensor, ""]:
     """sum over modules and components of mean_c (1 + beta log2(1 + sum_c)), mean_c / sum_c of (g + eps)^p over positions.
 
     beta > 0 makes a component's cost grow with how often it is used, so one component serving two features
@@ -90,6 +91,7 @@ def layerwise_recon_loss(run: Run, target_out: Tensor, masks: list[dict[str, Mas
 
 def ci_masks(ci_lower: dict[str, Float[Tensor, "*batch C"]], use_delta: bool) -> dict[str, MaskInfo]:
     """Masks equal to the CI (no noise); the delta component, when used, fully on."""
+
     def delta(g: Tensor) -> Tensor | None:
         return torch.ones(g.shape[:-1], dtype=g.dtype, device=g.device) if use_delta else None
 
@@ -119,7 +121,8 @@ def route_subsets(masks: dict[str, MaskInfo], generator: torch.Generator | None 
     return {p: MaskInfo(info.mask, info.delta_mask, route=chosen[..., i]) for i, (p, info) in enumerate(masks.items())}
 
 
-def subset_recon_loss(run: Run, target_out: Tensor, masks: list[dict[str, MaskInfo]], kind: OutputLoss,
-                      generator: torch.Generator | None = None) -> Float[Tensor, ""]:
+def subset_recon_loss(
+    run: Run, target_out: Tensor, masks: list[dict[str, MaskInfo]], kind: OutputLoss, generator: torch.Generator | None = None
+) -> Float[Tensor, ""]:
     """Routed-subset reconstruction: random module subsets masked per position."""
     return sum(output_distance(run(route_subsets(m, generator)), target_out, kind) for m in masks) / len(masks)

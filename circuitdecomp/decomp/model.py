@@ -10,9 +10,9 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from circuitdecomp.decomp.adapters import WeightKind, find_slots, insert_identity, match_slots, weight_matrix
-from circuitdecomp.decomp.ci import PerComponentMLP, SharedMLP
+from circuitdecomp.decomp.ci import CISite, PerComponentMLP, make_ci_function
 from circuitdecomp.decomp.components import DecomposedModule, FrozenLeaf, MaskInfo, PassState
-from circuitdecomp.decomp.config import CIFnType, DecompositionConfig, InitKind, ModuleSpec
+from circuitdecomp.decomp.config import DecompositionConfig, InitKind, ModuleSpec
 
 
 @dataclass(frozen=True)
@@ -73,13 +73,8 @@ class ComponentModel(nn.Module):
                 comp.reset_parameters(neurons=True, side=spec_of[path].units)
             comp.positions = None if cfg.positions is None or spec_of[path].all_positions else list(cfg.positions)
             self.components[_key(path)] = comp
-            match cfg.ci_fn:
-                case CIFnType.mlp:
-                    self.ci_fns[_key(path)] = PerComponentMLP(C_of[path], list(cfg.ci_hidden), compile=cfg.compile,
-                                                                  init_bias=cfg.ci_init_bias)
-                case CIFnType.shared_mlp:
-                    d_in = comp.C if comp.kind is WeightKind.embedding else comp.d_in
-                    self.ci_fns[_key(path)] = SharedMLP(C_of[path], d_in, list(cfg.ci_hidden))
+            d_in = comp.C if comp.kind is WeightKind.embedding else comp.d_in
+            self.ci_fns[_key(path)] = make_ci_function(cfg.ci_fn, CISite(C_of[path], d_in), cfg)
             self._originals[path] = base
         # every other leaf is recorded too: masked passes reuse what runs before their first masked module
         self._frozen = {path: FrozenLeaf(path, slot.get(), self.state) for path, slot in slots.items() if path not in C_of}

@@ -13,8 +13,15 @@ from circuitdecomp.decomp.losses import output_distance
 from circuitdecomp.decomp.model import ComponentModel
 
 
-def pgd_recon_loss(cm: ComponentModel, batch: Tensor, steps: int, step_size: float, kind: OutputLoss,
-                   use_delta: bool, generator: torch.Generator | None = None) -> float:
+def pgd_recon_loss(
+    cm: ComponentModel,
+    batch: Tensor,
+    steps: int,
+    step_size: float,
+    kind: OutputLoss,
+    use_delta: bool,
+    generator: torch.Generator | None = None,
+) -> float:
     """Output distance under masks m = g + (1 - g) r with r pushed by signed gradient ascent, all modules masked."""
     with torch.no_grad():
         target_out = cm.run_target(batch)

@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def held_out_loss(cm: ComponentModel, sample_batch: SampleBatch, cfg: DecompositionConfig, frac: float, seed: int, n: int) -> float:
+def held_out_loss(
+    cm: ComponentModel, sample_batch: SampleBatch, cfg: DecompositionConfig, frac: float, seed: int, n: int
+) -> float:
     """Mean total SPD loss over `n` batches and mask draws that are the same for every restart."""
     gen_data, gen_masks = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
     return sum(spd_losses(cm, sample_batch(gen_data), cfg, frac, gen_masks)[0].item() for _ in range(n)) / n
@@ -47,9 +49,11 @@ def select_restart(cm: ComponentModel, state: TrainState, sample_batch: SampleBa
         score = held_out_loss(cm, sample_batch, cfg, steps / max(1, cfg.steps), seed + 104729, cfg.restart_eval_batches)
         log.info("restart %d/%d: held-out SPD loss %.5g after %d steps", k + 1, cfg.restarts, score, steps)
         if best is None or score < best[0]:
-            snapshot = {"params": {n: p.detach().clone() for n, p in trial.named.items()},
-                        "opt": copy.deepcopy(trial.opt.state_dict()),
-                        "gens": {n: g.get_state() for n, g in trial.gens.items()}}
+            snapshot = {
+                "params": {n: p.detach().clone() for n, p in trial.named.items()},
+                "opt": copy.deepcopy(trial.opt.state_dict()),
+                "gens": {n: g.get_state() for n, g in trial.gens.items()},
+            }
             best = (score, k, snapshot)
     score, k, snap = best
     with torch.no_grad():

@@ -37,7 +37,9 @@ def data_span(x: Float[Tensor, "n d"], rel_tol: float = 1e-4) -> Float[Tensor, "
 def project_onto(rows: Float[Tensor, "n d"], basis: Float[Tensor, "k d_basis"]) -> Float[Tensor, "n d"]:
     """Orthogonal projection of each row onto the span of `basis` (orthonormal rows, e.g. from data_span)."""
     if rows.dim() != 2 or basis.dim() != 2 or rows.shape[1] != basis.shape[1]:
-        raise ValueError(f"project_onto: rows {tuple(rows.shape)} and basis {tuple(basis.shape)} must be [n, d] and "
-                         f"[k, d] with the same d; build the basis from data of the rows' dimension")
+        raise ValueError(
+            f"project_onto: rows {tuple(rows.shape)} and basis {tuple(basis.shape)} must be [n, d] and "
+            f"[k, d] with the same d; build the basis from data of the rows' dimension"
+        )
     b = basis.double()
     return ((rows.double() @ b.T) @ b).to(rows.dtype)

@@ -11,13 +11,21 @@ from typing import Any, NamedTuple
 
 import torch
 
+from circuitdecomp.checkpoint import (
+    Retry,
+    latest_checkpoint,
+    load_checkpoint,
+    read_retry,
+    retry_or_raise,
+    run_fingerprint,
+    save_checkpoint,
+)
 from circuitdecomp.decomp import losses as L
 from circuitdecomp.decomp.allocator import keep_freed_memory
-from circuitdecomp.decomp.checkpoint import (Retry, latest_checkpoint, load_checkpoint, read_retry, retry_or_raise,
-                                             run_fingerprint, save_checkpoint)
 from circuitdecomp.decomp.config import DecompositionConfig, InitKind, LRSchedule
 from circuitdecomp.decomp.distributed import Shard
 from circuitdecomp.decomp.model import CausalImportance, ComponentModel
+from circuitdecomp.decomp.terms import TERMS, Step, coefficient
 from circuitdecomp.interrupt import DivergenceError, Interrupted, check_finite, stop_on_signals
 from circuitdecomp.progress import progress
 from circuitdecomp.runio import Metrics
@@ -67,39 +75,24 @@ def faithfulness_warmup(cm: ComponentModel, cfg: DecompositionConfig) -> float:
     return loss.item()
 
 
-def spd_losses(cm: ComponentModel, batch: Any, cfg: DecompositionConfig, frac: float,
-               gen: torch.Generator, shard: Shard | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], CausalImportance]:
-    """All loss terms of one SPD step on one batch (this rank's rows of it, with `shard`); returns (total, {name: term}, CI)."""
+def spd_losses(
+    cm: ComponentModel, batch: Any, cfg: DecompositionConfig, frac: float, gen: torch.Generator, shard: Shard | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], CausalImportance]:
+    """All loss terms of one SPD step on one batch (this rank's rows of it, with `shard`); returns (total, {name: term}, CI).
+
+    The terms are the rows of `terms.TERMS` whose coefficient is above 0 (and those marked `always`)."""
     target_out = cm.run_target(batch)
     ci = cm.causal_importance()
     sample_masks = L.sample_masks if shard is None else shard.sample_masks
     masks = [sample_masks(ci.lower, cfg.mask_sampling, cfg.use_delta, gen) for _ in range(cfg.n_mask_samples)]
-
-    def run(m):
-        return cm(batch, m)
-
-    terms: dict[str, torch.Tensor] = {}
-    if cfg.faithfulness_coeff > 0:
-        terms["faithfulness"] = L.faithfulness_loss(cm.weight_deltas())
-    if cfg.stochastic_recon_coeff > 0:
-        terms["stochastic_recon"] = L.stochastic_recon_loss(run, target_out, masks, cfg.output_loss)
-    if cfg.layerwise_recon_coeff > 0:
-        terms["layerwise_recon"] = L.layerwise_recon_loss(run, target_out, masks, cfg.output_loss)
-    if cfg.subset_recon_coeff > 0:
-        subset_recon_loss = L.subset_recon_loss if shard is None else shard.subset_recon_loss
-        terms["subset_recon"] = subset_recon_loss(run, target_out, masks, cfg.output_loss, gen)
-    if cfg.ci_masked_recon_coeff > 0:
-        terms["ci_masked_recon"] = L.output_distance(run(L.ci_masks(ci.lower, cfg.use_delta)), target_out, cfg.output_loss)
-    if cfg.rounded_recon_coeff > 0:
-        terms["rounded_recon"] = L.output_distance(run(L.rounded_ci_masks_ste(ci.lower, cfg.use_delta)), target_out, cfg.output_loss)
-    p = L.annealed_p(frac, cfg.pnorm, cfg.pnorm_final, cfg.pnorm_anneal_start, cfg.pnorm_anneal_end)
-    terms["importance_minimality"] = L.importance_minimality_loss(ci.upper, p, cfg.importance_eps, cfg.importance_beta)
-    coeffs = {"faithfulness": cfg.faithfulness_coeff, "stochastic_recon": cfg.stochastic_recon_coeff,
-              "layerwise_recon": cfg.layerwise_recon_coeff, "subset_recon": cfg.subset_recon_coeff,
-              "ci_masked_recon": cfg.ci_masked_recon_coeff, "rounded_recon": cfg.rounded_recon_coeff,
-              "importance_minimality": cfg.importance_coeff * min(1.0, frac / cfg.importance_warmup_frac if cfg.importance_warmup_frac else 1.0)}
-    total = sum(coeffs[k] * v for k, v in terms.items())
-    return total, terms, ci
+    step = Step(cm, batch, cfg, target_out, ci, masks, frac, gen, shard)
+    values: dict[str, torch.Tensor] = {}
+    total = torch.zeros((), device=target_out.device)
+    for term in TERMS:
+        if getattr(cfg, term.coeff) > 0 or term.always:
+            values[term.name] = term.loss(step)
+            total = total + coefficient(term, cfg, frac) * values[term.name]
+    return total, values, ci
 
 
 def ci_l0(ci_lower: dict[str, torch.Tensor], threshold: float) -> dict[str, float]:
@@ -107,10 +100,19 @@ def ci_l0(ci_lower: dict[str, torch.Tensor], threshold: float) -> dict[str, floa
     return {path: (g > threshold).float().sum(-1).mean().item() for path, g in ci_lower.items()}
 
 
-def _check_finite(step: int, total: torch.Tensor, terms: dict[str, torch.Tensor], grad_norm: float, cfg: DecompositionConfig) -> None:
-    check_finite("decomposition", step, total, terms, grad_norm, cfg.max_loss,
-                 f"lower decomposition.lr (now {cfg.lr:g}) and re-run, or set decomposition.retry_lr_factor=0.5 to retry "
-                 "from the last good checkpoint automatically.")
+def _check_finite(
+    step: int, total: torch.Tensor, terms: dict[str, torch.Tensor], grad_norm: float, cfg: DecompositionConfig
+) -> None:
+    check_finite(
+        "decomposition",
+        step,
+        total,
+        terms,
+        grad_norm,
+        cfg.max_loss,
+        f"lower decomposition.lr (now {cfg.lr:g}) and re-run, or set decomposition.retry_lr_factor=0.5 to retry "
+        "from the last good checkpoint automatically.",
+    )
 
 
 @dataclass
@@ -130,8 +132,10 @@ def fresh_state(cm: ComponentModel, cfg: DecompositionConfig, seed: int) -> Trai
     if cfg.ci_lr_scale == 1.0:
         return TrainState(named, torch.optim.Adam(list(named.values()), lr=cfg.lr, fused=fused), gens)
     comps = {id(p) for p in cm.component_parameters()}
-    groups = [{"params": [p for p in named.values() if id(p) in comps], "lr_scale": 1.0},
-              {"params": [p for p in named.values() if id(p) not in comps], "lr_scale": cfg.ci_lr_scale}]
+    groups = [
+        {"params": [p for p in named.values() if id(p) in comps], "lr_scale": 1.0},
+        {"params": [p for p in named.values() if id(p) not in comps], "lr_scale": cfg.ci_lr_scale},
+    ]
     return TrainState(named, torch.optim.Adam(groups, lr=cfg.lr, fused=fused), gens)
 
 
@@ -143,8 +147,14 @@ class StepResult(NamedTuple):
     grad_norm: float
 
 
-def train_step(cm: ComponentModel, state: TrainState, sample_batch: SampleBatch, cfg: DecompositionConfig,
-               step: int, shard: Shard | None = None) -> StepResult:
+def train_step(
+    cm: ComponentModel,
+    state: TrainState,
+    sample_batch: SampleBatch,
+    cfg: DecompositionConfig,
+    step: int,
+    shard: Shard | None = None,
+) -> StepResult:
     """One optimiser step; raises DivergenceError before touching the parameters if anything is non-finite."""
     lr = lr_at(step, cfg)
     for group in state.opt.param_groups:
@@ -242,9 +252,15 @@ def _train_once(
         for step in range(start, cfg.steps):
             if stop.set if shard is None else shard.any(stop.set):
                 if writes:
-                    path = save_checkpoint(out_dir, step, state.named, state.opt, state.gens, retry=retry, by_signal=True,
-                                           fingerprint=fingerprint)
-                    log.warning("%s received at step %d: checkpoint %s written; re-run the same command to resume", stop.signal_name, step, path)
+                    path = save_checkpoint(
+                        out_dir, step, state.named, state.opt, state.gens, retry=retry, by_signal=True, fingerprint=fingerprint
+                    )
+                    log.warning(
+                        "%s received at step %d: checkpoint %s written; re-run the same command to resume",
+                        stop.signal_name,
+                        step,
+                        path,
+                    )
                 raise Interrupted(f"stopped by {stop.signal_name} at step {step}")
             total, terms, ci, lr, grad_norm = train_step(cm, state, sample_batch, cfg, step, shard)
             done += 1
@@ -257,14 +273,20 @@ def _train_once(
                 bar.set_postfix(loss=f"{total.item():.3g}", imp=f"{terms['importance_minimality'].item():.3g}")
             if (step + 1) % cfg.eval_every == 0:
                 l0 = ci_l0(ci.lower, cfg.ci_alive_threshold)
-                log.info("step %d/%d  loss %.4g  %s  ci_l0 %s", step + 1, cfg.steps, total.item(),
-                         " ".join(f"{k}={v.item():.3g}" for k, v in terms.items()),
-                         " ".join(f"{p}={v:.2f}" for p, v in l0.items()))
+                log.info(
+                    "step %d/%d  loss %.4g  %s  ci_l0 %s",
+                    step + 1,
+                    cfg.steps,
+                    total.item(),
+                    " ".join(f"{k}={v.item():.3g}" for k, v in terms.items()),
+                    " ".join(f"{p}={v:.2f}" for p, v in l0.items()),
+                )
                 if eval_fn is not None:
                     logger.log(eval_fn(cm, step + 1), step=step + 1)
             if writes and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
                 save_checkpoint(out_dir, step + 1, state.named, state.opt, state.gens, retry=retry, fingerprint=fingerprint)
     seconds = time.perf_counter() - t0
     final = {k: v.item() for k, v in terms.items()}
-    return TrainResult(steps_done=done, final_losses=final, seconds=seconds, ms_per_step=1000 * seconds / max(1, done),
-                       lr_scale=retry.lr_scale)
+    return TrainResult(
+        steps_done=done, final_losses=final, seconds=seconds, ms_per_step=1000 * seconds / max(1, done), lr_scale=retry.lr_scale
+    )

@@ -39,7 +39,9 @@ class RecoveryConfig(Frozen):
         check(self.probe_max_units >= 1, f"evaluation.recovery.probe_max_units={self.probe_max_units} must be >= 1")
         check(0 < self.spurious_cos < 1, f"evaluation.recovery.spurious_cos={self.spurious_cos} must be in (0, 1)")
         check(self.dead_tol >= 0, f"evaluation.recovery.dead_tol={self.dead_tol} must be >= 0")
-        check(0 <= self.min_subspace_norm < 1, f"evaluation.recovery.min_subspace_norm={self.min_subspace_norm} must be in [0, 1)")
+        check(
+            0 <= self.min_subspace_norm < 1, f"evaluation.recovery.min_subspace_norm={self.min_subspace_norm} must be in [0, 1)"
+        )
         super().__post_init__()
 
 

@@ -39,9 +39,7 @@ def project_rows(
     return torch.where(kept[:, None], coords / inside.clamp_min(1e-12)[:, None], 0.0), inside
 
 
-def cosines(
-    features: Float[Tensor, "n_features d"], units: Float[Tensor, "n_units d"]
-) -> Float[Tensor, "n_features n_units"]:
+def cosines(features: Float[Tensor, "n_features d"], units: Float[Tensor, "n_units d"]) -> Float[Tensor, "n_features n_units"]:
     """Signed cosines between unit-norm feature rows and unit-norm unit rows (zero rows give 0)."""
     return features @ units.T
 

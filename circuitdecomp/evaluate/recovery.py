@@ -49,8 +49,15 @@ from circuitdecomp.runio import Metrics
 
 _RESERVED = ("min", "subspace")
 _HEADLINE = (  # higher is better: these get a `min` over families
-    "frac_cos90", "frac_cos99", "mean_max_cos", "one_to_one_cos", "one_to_one_frac_cos90", "coef_recall",
-    "one_to_one_coef_recall", "coef_r", "coef_r2",
+    "frac_cos90",
+    "frac_cos99",
+    "mean_max_cos",
+    "one_to_one_cos",
+    "one_to_one_frac_cos90",
+    "coef_recall",
+    "one_to_one_coef_recall",
+    "coef_r",
+    "coef_r2",
 )
 _FEATURE_INSIDE = 0.5  # true features must lie at least this much inside the subspace they are scored in
 
@@ -193,8 +200,13 @@ def _match(
         partner = d.matched_unit.clamp_min(0)
         sign = torch.sign(cos[rows].gather(1, partner[:, None])[:, 0]) * (d.matched_unit >= 0)
         x11 = units.values[:, partner] * (unit_scale[partner] * sign)
-        out.append(MatchScores(d, coefficient_scores(x, c, cfg.coef_min_r, cfg.coef_slope_tol),
-                               coefficient_scores(x11, c, cfg.coef_min_r, cfg.coef_slope_tol)))
+        out.append(
+            MatchScores(
+                d,
+                coefficient_scores(x, c, cfg.coef_min_r, cfg.coef_slope_tol),
+                coefficient_scores(x11, c, cfg.coef_min_r, cfg.coef_slope_tol),
+            )
+        )
     return out
 
 
@@ -209,8 +221,9 @@ def _simplicity(units: Units, truth: GroundTruth, cfg: RecoveryConfig) -> list[S
     return out
 
 
-def score_recovery(units: Units, truth: GroundTruth, cfg: RecoveryConfig = RecoveryConfig(),
-                   simplicity: bool = True) -> RecoveryResult:
+def score_recovery(
+    units: Units, truth: GroundTruth, cfg: RecoveryConfig = RecoveryConfig(), simplicity: bool = True
+) -> RecoveryResult:
     """Score units against every ground-truth family: directions, coefficients, read-out size (unless not
     `simplicity`: the greedy probes cost most of the time with thousands of units), dead and spurious."""
     d_units = units.directions.shape[1]
@@ -240,8 +253,10 @@ def score_recovery(units: Units, truth: GroundTruth, cfg: RecoveryConfig = Recov
         subspace = _match(cosines(f_sub, u_sub), u_norm * u_inside, f_norm * f_inside, units, truth, cfg)
 
     simple = _simplicity(units, truth, cfg) if simplicity else [None] * len(truth.families)
-    families = [FamilyScores(fam.name, fam.directions.shape[0], fm, sm, sim)
-                for fam, fm, sm, sim in zip(truth.families, full, subspace, simple)]
+    families = [
+        FamilyScores(fam.name, fam.directions.shape[0], fm, sm, sim)
+        for fam, fm, sm, sim in zip(truth.families, full, subspace, simple)
+    ]
     return RecoveryResult(
         families=tuple(families),
         n_units=units.directions.shape[0],

@@ -23,9 +23,13 @@ def unit_importance(acts: Float[Tensor, "n_inputs n_units"], rectified: bool) ->
     return a / a.amax(dim=0, keepdim=True).clamp_min(1e-12)
 
 
-def neuron_candidates(weights: dict[str, Float[Tensor, "d_out d_in"]], biases: dict[str, Tensor | None],
-                      inputs: dict[str, Float[Tensor, "n_inputs d_in"]], d_model: int,
-                      cfg: FeaturesConfig) -> list[Candidate]:
+def neuron_candidates(
+    weights: dict[str, Float[Tensor, "d_out d_in"]],
+    biases: dict[str, Tensor | None],
+    inputs: dict[str, Float[Tensor, "n_inputs d_in"]],
+    d_model: int,
+    cfg: FeaturesConfig,
+) -> list[Candidate]:
     """The target's units as candidates: for a residual reader (d_in = d_model) each row W[c] with importance from its
     output x . W[c] + b_c; for a residual writer (d_out = d_model) each column W[:, c] with importance from its input
     coordinate x_c (the unit's activation). Units whose importance never exceeds `cfg.live_ci` are left out, as dead

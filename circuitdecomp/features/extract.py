@@ -55,8 +55,9 @@ def matches(path: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(path, p) for p in patterns)
 
 
-def candidates(V: dict[str, Tensor], U: dict[str, Tensor], ci: dict[str, Tensor], d_model: int,
-               cfg: FeaturesConfig) -> list[Candidate]:
+def candidates(
+    V: dict[str, Tensor], U: dict[str, Tensor], ci: dict[str, Tensor], d_model: int, cfg: FeaturesConfig
+) -> list[Candidate]:
     """Live components of residual readers (V [d_in, C]) and writers (U [C, d_out]); ci[path] is [n_inputs, C]."""
     out = []
     for path in V:
@@ -73,8 +74,12 @@ def candidates(V: dict[str, Tensor], U: dict[str, Tensor], ci: dict[str, Tensor]
     return out
 
 
-def extract_features(cands: list[Candidate], resid: Float[Tensor, "n_inputs d_model"],
-                     subspace: Float[Tensor, "d_sub d_model"] | None, cfg: FeaturesConfig) -> Features:
+def extract_features(
+    cands: list[Candidate],
+    resid: Float[Tensor, "n_inputs d_model"],
+    subspace: Float[Tensor, "d_sub d_model"] | None,
+    cfg: FeaturesConfig,
+) -> Features:
     """Project, filter, merge and give values (module docstring). `subspace` rows must be orthonormal (None: raw)."""
     empty = Features(torch.zeros(0, resid.shape[1]), torch.zeros(resid.shape[0], 0), torch.zeros(0), torch.zeros(0), [])
     if not cands:
@@ -94,7 +99,7 @@ def extract_features(cands: list[Candidate], resid: Float[Tensor, "n_inputs d_mo
     centers = torch.empty(len(keep), dirs.shape[1])  # one row per cluster so far (no re-stacking per candidate)
     for i in keep:
         if clusters:
-            cos = centers[:len(clusters)] @ dirs[i]
+            cos = centers[: len(clusters)] @ dirs[i]
             best = int(cos.abs().argmax())
             if float(cos[best].abs()) >= cfg.merge_cos:
                 clusters[best].append((i, float(torch.sign(cos[best]))))
@@ -117,16 +122,27 @@ def extract_features(cands: list[Candidate], resid: Float[Tensor, "n_inputs d_mo
     thresholds = torch.full((len(D),), float("-inf"))
     if cfg.gate:
         for s in range(0, len(D), _GATE_CHUNK):  # [n_inputs, chunk] at a time: one sort per column, no Python loop
-            thresholds[s:s + _GATE_CHUNK] = gate_thresholds(resid @ D[s:s + _GATE_CHUNK].T,
-                                                            torch.stack(actives[s:s + _GATE_CHUNK], dim=1),
-                                                            cfg.gate_min_accuracy)
-    provenance = [{
-        "n_active_inputs": int(active.sum()),
-        "threshold": float(tau),
-        "members": [{"module": cands[i].module, "component": cands[i].component, "role": cands[i].role,
-                     "cos": float(s * (dirs[i] @ d)), "inside": float(inside[i]),
-                     "active_frac": float((cands[i].ci > cfg.active_ci).float().mean())} for i, s in members],
-    } for members, d, active, tau in zip(clusters, D, actives, thresholds)]
+            thresholds[s : s + _GATE_CHUNK] = gate_thresholds(
+                resid @ D[s : s + _GATE_CHUNK].T, torch.stack(actives[s : s + _GATE_CHUNK], dim=1), cfg.gate_min_accuracy
+            )
+    provenance = [
+        {
+            "n_active_inputs": int(active.sum()),
+            "threshold": float(tau),
+            "members": [
+                {
+                    "module": cands[i].module,
+                    "component": cands[i].component,
+                    "role": cands[i].role,
+                    "cos": float(s * (dirs[i] @ d)),
+                    "inside": float(inside[i]),
+                    "active_frac": float((cands[i].ci > cfg.active_ci).float().mean()),
+                }
+                for i, s in members
+            ],
+        }
+        for members, d, active, tau in zip(clusters, D, actives, thresholds)
+    ]
     inside_out = torch.tensor([float(sum(inside[i] for i, _ in members) / len(members)) for members in clusters])
     feats = Features(D, torch.zeros(resid.shape[0], len(D)), thresholds, inside_out, provenance)
     return apply_features(feats, resid)
@@ -144,8 +160,9 @@ def gate_threshold(p: Float[Tensor, " n_inputs"], active: Tensor, min_accuracy: 
     return float(gate_thresholds(p[:, None], active[:, None], min_accuracy)[0])
 
 
-def gate_thresholds(p: Float[Tensor, "n_inputs k"], active: Bool[Tensor, "n_inputs k"],
-                    min_accuracy: float) -> Float[Tensor, " k"]:
+def gate_thresholds(
+    p: Float[Tensor, "n_inputs k"], active: Bool[Tensor, "n_inputs k"], min_accuracy: float
+) -> Float[Tensor, " k"]:
     """Per column, the projection above which the feature's circuits are active, or -inf when activity does not
     follow it.
 

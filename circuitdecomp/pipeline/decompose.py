@@ -15,19 +15,19 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from circuitdecomp.config import Config
+from circuitdecomp.decomp import engine
 from circuitdecomp.decomp.components import MaskInfo
 from circuitdecomp.decomp.losses import ci_masks, rounded_ci_masks_ste
 from circuitdecomp.decomp.model import ComponentModel
-from circuitdecomp.decomp.train import ci_l0, train_decomposition
-from circuitdecomp.runio import Metrics, load_tensors, save_figure, save_tensors, update_metrics
+from circuitdecomp.decomp.train import ci_l0
+from circuitdecomp.runio import Metrics, save_figure, update_metrics
 from circuitdecomp.tracking import Logger
 from circuitdecomp.world.questions import Examples
-from circuitdecomp.world.sampler import Sampler
+from circuitdecomp.world.sampler import Sampler, held_out_batch
 from circuitdecomp.world.vocab import QuestionType
 from circuitdecomp.world.world import World
 
 log = logging.getLogger(__name__)
-DECOMPOSITION_FILE = "decomposition.safetensors"
 
 
 class AnswerLogits:
@@ -50,8 +50,8 @@ def component_model(model: nn.Module, cfg: Config, world: World) -> ComponentMod
     """A copy of the target reduced to what it must reproduce (`decomposition_view`), wrapped for SPD; components
     initialised from the decomposition seed. `model` itself is left as it was."""
     view = decomposition_view(model, world.vocab.answers_start)
-    torch.manual_seed(decomposition_seed(cfg))
-    return ComponentModel(view, cfg.decomposition, output_fn=AnswerLogits(world.vocab.answers_start))
+    seed = engine.resolve_seed(cfg.decomposition, cfg.seed)
+    return engine.component_model(view, cfg.decomposition, seed, AnswerLogits(world.vocab.answers_start))
 
 
 def decomposition_view(model: nn.Module, answers_start: int) -> nn.Module:
@@ -82,19 +82,6 @@ def _last_position(module: nn.Module, args: tuple) -> tuple:
     # contiguous: a strided [batch, 1, d] slice sends every linear down torch.matmul's batched path, one weight
     # copy per example (2.4x slower on CPU; profile 2026-12-07)
     return (args[0][:, -1:].contiguous(), *args[1:])
-
-
-def decomposition_seed(cfg: Config) -> int:
-    return cfg.seed if cfg.decomposition.seed is None else cfg.decomposition.seed
-
-
-def held_out_batch(world: World, n: int, seed: int) -> Examples:
-    """A fixed evaluation sample: held-out rows first, topped up with training rows (small worlds hold out few); at
-    most half the world's inputs, so that the features stage always has other inputs to fit on."""
-    ex = world.examples
-    order = torch.randperm(len(ex), generator=torch.Generator().manual_seed(seed))
-    order = torch.cat([order[~ex.is_train[order]], order[ex.is_train[order]]])
-    return ex.subset(order[: min(n, len(ex) // 2)])
 
 
 @torch.no_grad()
@@ -137,7 +124,9 @@ def faithfulness_metrics(cm: ComponentModel, examples: Examples) -> Metrics:
                     out[f"decomp/faithfulness/{name}/accuracy/{q.name}"] = right[rows].float().mean().item()
     cm.run_target(examples.tokens)  # masks = CI itself: what rounding costs is the gap to the rounded score above
     soft = cm(examples.tokens, ci_masks(cm.causal_importance().lower, False))
-    out["decomp/faithfulness/ci_masks/relative_accuracy"] = (soft.argmax(-1) == answer).float().mean().item() / max(target_acc, 1e-12)
+    out["decomp/faithfulness/ci_masks/relative_accuracy"] = (soft.argmax(-1) == answer).float().mean().item() / max(
+        target_acc, 1e-12
+    )
     out["decomp/faithfulness/target_accuracy"] = target_acc
     return out
 
@@ -184,8 +173,10 @@ def ci_by_question(cm: ComponentModel, examples: Examples) -> dict[str, Float[Te
     out = {}
     for path, g in ci.items():
         g = g.amax(1) if g.dim() == 3 else g
-        rows = [g[examples.qtype == int(q)].mean(0) if bool((examples.qtype == int(q)).any()) else torch.zeros(g.shape[-1])
-                for q in QuestionType]
+        rows = [
+            g[examples.qtype == int(q)].mean(0) if bool((examples.qtype == int(q)).any()) else torch.zeros(g.shape[-1])
+            for q in QuestionType
+        ]
         out[path] = torch.stack(rows)
     return out
 
@@ -205,16 +196,20 @@ def ci_question_figure(by_q: dict[str, Tensor], live: dict[str, Tensor], title: 
         order = np.lexsort((-sub.max(0).values.numpy(), sub.argmax(0).numpy()))
         ax.imshow(sub[:, order].numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
         ax.set_yticks(range(len(QuestionType)), [q.name for q in QuestionType], fontsize=7)
-        ax.set_title(f"{path}: {idx.numel()} live components (mean CI per question type, largest over "
-                     "masked positions; each column scaled to its maximum)", fontsize=9)
+        ax.set_title(
+            f"{path}: {idx.numel()} live components (mean CI per question type, largest over "
+            "masked positions; each column scaled to its maximum)",
+            fontsize=9,
+        )
         ax.set_xticks([])
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def decompose_target(cfg: Config, world: World, model: nn.Module, out_dir: Path, logger: Logger,
-                     cm: ComponentModel | None = None) -> tuple[ComponentModel, Metrics]:
+def decompose_target(
+    cfg: Config, world: World, model: nn.Module, out_dir: Path, logger: Logger, cm: ComponentModel | None = None
+) -> tuple[ComponentModel, Metrics]:
     """SPD on the world's target (resumes from out_dir's checkpoints); saves decomposition + checks + CI figure.
 
     `cm`: a component model built by `component_model` whose components the caller has set (a diagnostic start,
@@ -222,12 +217,11 @@ def decompose_target(cfg: Config, world: World, model: nn.Module, out_dir: Path,
     """
     out_dir = Path(out_dir)
     d = cfg.decomposition
-    seed = decomposition_seed(cfg)
+    seed = engine.resolve_seed(d, cfg.seed)
     cm = component_model(model, cfg, world) if cm is None else cm
     mix = dict(cfg.decompose_mix)
     sampler = Sampler(world.examples, mix, seed)
-    held = held_out_batch(world, cfg.evaluation.n_inputs, cfg.seed + 11)
-    path = out_dir / DECOMPOSITION_FILE
+    held = held_out_batch(world, cfg.evaluation.n_inputs, cfg.seed)
 
     def sample(gen: torch.Generator) -> Tensor:
         return sampler.sample(d.batch_size, gen).tokens
@@ -238,13 +232,10 @@ def decompose_target(cfg: Config, world: World, model: nn.Module, out_dir: Path,
         return {f"decomp/ci_l0/{p}": v for p, v in l0.items()} | faithfulness_metrics(m, held)
 
     metrics: Metrics = {}
-    if path.exists():  # finished earlier: load instead of training again (the checks below are redone)
-        load_components(cm, path)
-        log.info("decomposition loaded from %s", path)
-    else:
-        result = train_decomposition(cm, sample, d, seed, out_dir, logger, eval_fn, cfg.tracking.log_every)
-        save_tensors(path, {k: v.detach() for k, v in cm.named_trainables().items()}, {"seed": str(seed)})
-        logger.log_artifact(path, f"decomposition-{cfg.name}", "model")
+    result = engine.fit(
+        cm, sample, d, seed, out_dir=out_dir, logger=logger, eval_fn=eval_fn, log_every=cfg.tracking.log_every, name=cfg.name
+    )
+    if result is not None:  # None: finished earlier and loaded (the checks below are redone)
         metrics |= {f"decomp/final/{k}": v for k, v in result.final_losses.items()}
         metrics["decomp/ms_per_step"] = result.ms_per_step
     metrics |= eval_fn(cm, d.steps) | delta_share(cm, held.tokens) | weight_share_outside(cm)
@@ -259,18 +250,3 @@ def decompose_target(cfg: Config, world: World, model: nn.Module, out_dir: Path,
     update_metrics(out_dir, metrics)
     logger.log(metrics)
     return cm, metrics
-
-
-def load_components(cm: ComponentModel, path: Path) -> None:
-    """Copy a saved decomposition's tensors into `cm` (refusing files made for another model or C)."""
-    saved = load_tensors(path)
-    named = cm.named_trainables()
-    missing, extra = set(named) - set(saved), set(saved) - set(named)
-    if missing or extra:
-        raise ValueError(f"{path} does not match decomposition.modules: missing {sorted(missing)[:3]}, unexpected "
-                         f"{sorted(extra)[:3]}; delete it to decompose again, or use the config it was made with")
-    with torch.no_grad():
-        for k, p in named.items():
-            if p.shape != saved[k].shape:
-                raise ValueError(f"{path}: '{k}' has shape {tuple(saved[k].shape)}, this config needs {tuple(p.shape)}")
-            p.copy_(saved[k])

@@ -14,19 +14,18 @@ from circuitdecomp.decomp.adapters import bias_of
 from circuitdecomp.decomp.model import ComponentModel
 from circuitdecomp.decomp.span import data_span
 from circuitdecomp.evaluate.recovery import GroundTruth, RecoveryResult, Units, score_recovery, to_metrics
+from circuitdecomp.evaluate.truth import ground_truth
 from circuitdecomp.features.config import Projection
 from circuitdecomp.features.controls import neuron_candidates, random_directions
 from circuitdecomp.features.extract import Candidate, Features, apply_features, candidates, extract_features, matches
+from circuitdecomp.rundir import CONTROLS_FILE, FEATURES_FILE
 from circuitdecomp.runio import Metrics, atomic_write, save_figure, save_tensors, update_metrics
 from circuitdecomp.tracking import Logger
 from circuitdecomp.world.questions import Examples
-from circuitdecomp.world.sampler import ground_truth
 from circuitdecomp.world.world import World
 
 log = logging.getLogger(__name__)
-FEATURES_FILE = "features.safetensors"
 PROVENANCE_FILE = "features.json"
-CONTROLS_FILE = "controls.safetensors"  # <control>/directions, <control>/values on the scored inputs
 # metric prefix of the features of each projection; the configured one (features.projection) is `recovery`
 PROJECTION_PREFIX = {Projection.none: "recovery_raw", Projection.data: "recovery_data", Projection.tokens: "recovery_tokens"}
 
@@ -58,21 +57,24 @@ def disjoint_from(examples: Examples, scored: Examples) -> Examples:
     seen = {tuple(row) for row in scored.tokens.tolist()}
     keep = torch.tensor([tuple(row) not in seen for row in examples.tokens.tolist()], dtype=torch.bool)
     if not bool(keep.any()):
-        raise ValueError(f"every one of the world's {len(examples)} inputs is among the {len(scored)} scored ones: "
-                         "nothing is left to fit the features on; lower evaluation.n_inputs")
+        raise ValueError(
+            f"every one of the world's {len(examples)} inputs is among the {len(scored)} scored ones: "
+            "nothing is left to fit the features on; lower evaluation.n_inputs"
+        )
     return examples.subset(keep)
 
 
 @torch.no_grad()
-def readout_inputs(cm: ComponentModel, examples: Examples, with_ci: bool = True,
-                   chunk: int = 4096) -> tuple[dict[str, Tensor], dict[str, Float[Tensor, "n d_in"]]]:
+def readout_inputs(
+    cm: ComponentModel, examples: Examples, with_ci: bool = True, chunk: int = 4096
+) -> tuple[dict[str, Tensor], dict[str, Float[Tensor, "n d_in"]]]:
     """CI at the read-out position per module (unless not `with_ci`) and each decomposed module's input there, in
     chunks (CI MLPs are wide)."""
     cis: dict[str, list[Tensor]] = {}
     inputs: dict[str, list[Tensor]] = {}
     for s in range(0, len(examples), chunk):
-        cm.run_target(examples.tokens[s:s + chunk])
-        for p, g in (cm.causal_importance().lower.items() if with_ci else ()):
+        cm.run_target(examples.tokens[s : s + chunk])
+        for p, g in cm.causal_importance().lower.items() if with_ci else ():
             cis.setdefault(p, []).append(g[:, -1] if g.dim() == 3 else g)
         for p in cm.paths:
             x = cm.state.inputs[(p, 0)]
@@ -80,8 +82,9 @@ def readout_inputs(cm: ComponentModel, examples: Examples, with_ci: bool = True,
     return {p: torch.cat(v) for p, v in cis.items()}, {p: torch.cat(v).float() for p, v in inputs.items()}
 
 
-def projection_basis(kind: Projection, model: nn.Module, fit: Examples,
-                     resid: Float[Tensor, "n d_model"]) -> Float[Tensor, "k d_model"] | None:
+def projection_basis(
+    kind: Projection, model: nn.Module, fit: Examples, resid: Float[Tensor, "n d_model"]
+) -> Float[Tensor, "k d_model"] | None:
     """Orthonormal rows of the span candidate directions are projected onto (None: no projection)."""
     match kind:
         case Projection.none:
@@ -95,8 +98,10 @@ def projection_basis(kind: Projection, model: nn.Module, fit: Examples,
 def _reader(cm: ComponentModel, cfg: Config) -> str:
     readers = [p for p in cm.paths if matches(p, cfg.features.read_patterns)]
     if not readers:
-        raise ValueError(f"no decomposed module matches features.read_patterns={list(cfg.features.read_patterns)}; "
-                         f"decomposed modules: {cm.paths}")
+        raise ValueError(
+            f"no decomposed module matches features.read_patterns={list(cfg.features.read_patterns)}; "
+            f"decomposed modules: {cm.paths}"
+        )
     return readers[0]
 
 
@@ -114,8 +119,10 @@ def _neuron_candidates(cm: ComponentModel, inputs: dict[str, Tensor], d_model: i
 
 def save_features(out_dir: Path, feats: Features) -> None:
     """`features.safetensors` (directions, values, thresholds, inside) and `features.json` (provenance)."""
-    save_tensors(Path(out_dir) / FEATURES_FILE, {"directions": feats.directions, "values": feats.values,
-                                                  "thresholds": feats.thresholds, "inside": feats.inside})
+    save_tensors(
+        Path(out_dir) / FEATURES_FILE,
+        {"directions": feats.directions, "values": feats.values, "thresholds": feats.thresholds, "inside": feats.inside},
+    )
     text = json.dumps({"n_features": len(feats), "features": feats.provenance}, indent=1)
     atomic_write(Path(out_dir) / PROVENANCE_FILE, lambda p: p.write_text(text))
 
@@ -150,8 +157,9 @@ def recovery_figure(result: RecoveryResult, units: Units, truth: GroundTruth, ti
     return fig
 
 
-def _score(feats: Features, truth: GroundTruth, cfg: Config, prefix: str,
-           simplicity: bool = False) -> tuple[Metrics, RecoveryResult | None]:
+def _score(
+    feats: Features, truth: GroundTruth, cfg: Config, prefix: str, simplicity: bool = False
+) -> tuple[Metrics, RecoveryResult | None]:
     """`prefix/...` recovery metrics; circuit simplicity (greedy probes, the slow part) only where asked."""
     if len(feats) == 0:
         return {f"{prefix}/n_units": 0}, None
@@ -159,25 +167,47 @@ def _score(feats: Features, truth: GroundTruth, cfg: Config, prefix: str,
     return to_metrics(result, prefix), result
 
 
-def _controls(neurons: list[Candidate], resid_fit: Tensor, resid: Tensor, basis: Tensor | None, n_features: int,
-              truth: GroundTruth, cfg: Config, out_dir: Path) -> Metrics:
+def _controls(
+    neurons: list[Candidate],
+    resid_fit: Tensor,
+    resid: Tensor,
+    basis: Tensor | None,
+    n_features: int,
+    truth: GroundTruth,
+    cfg: Config,
+    out_dir: Path,
+) -> Metrics:
     """The neuron control (the target's units through the same extraction) and the random control (as many random
     directions as features), scored and saved in `controls.safetensors`."""
     n = apply_features(extract_features(neurons, resid_fit, basis, cfg.features), resid)
     rand = random_directions(n_features, resid.shape[-1], cfg.seed + 17)
     rand_values = resid @ rand.T  # ungated projections
     metrics = _score(n, truth, cfg, "controls/neurons/recovery")[0] | {"controls/neurons/n_features": len(n)}
-    metrics |= _score(Features(rand, rand_values, torch.full((len(rand),), float("-inf")), torch.ones(len(rand))),
-                      truth, cfg, "controls/random/recovery")[0]
-    save_tensors(out_dir / CONTROLS_FILE, {"neurons/directions": n.directions, "neurons/values": n.values,
-                                           "random/directions": rand, "random/values": rand_values})
+    metrics |= _score(
+        Features(rand, rand_values, torch.full((len(rand),), float("-inf")), torch.ones(len(rand))),
+        truth,
+        cfg,
+        "controls/random/recovery",
+    )[0]
+    save_tensors(
+        out_dir / CONTROLS_FILE,
+        {"neurons/directions": n.directions, "neurons/values": n.values, "random/directions": rand, "random/values": rand_values},
+    )
     log.info("controls: %d features from the target's own units, %d random directions", len(n), len(rand))
     return metrics
 
 
 @torch.no_grad()
-def features_stage(cfg: Config, world: World, model: nn.Module, cm: ComponentModel, examples: Examples,
-                   out_dir: Path, logger: Logger, controls: bool = True) -> tuple[Features, Metrics]:
+def features_stage(
+    cfg: Config,
+    world: World,
+    model: nn.Module,
+    cm: ComponentModel,
+    examples: Examples,
+    out_dir: Path,
+    logger: Logger,
+    controls: bool = True,
+) -> tuple[Features, Metrics]:
     """Extract, save and score the features from circuits and the controls; metrics `recovery/...` (the configured
     projection), `recovery_<raw|data|tokens>/...` (each projection), `controls/<neurons|random>/recovery/...` and
     `features/...`. Features are fitted on inputs disjoint from the scored `examples`. `controls=False` skips the
@@ -192,8 +222,11 @@ def features_stage(cfg: Config, world: World, model: nn.Module, cm: ComponentMod
     truth = ground_truth(world, examples)
     spd = _spd_candidates(cm, ci, d_model, cfg)
     neurons = _neuron_candidates(cm, inputs, d_model, cfg) if controls else []
-    metrics: Metrics = {"features/n_fit_inputs": len(fit), "features/n_scored_inputs": len(examples),
-                        "features/n_candidates": len(spd)}
+    metrics: Metrics = {
+        "features/n_fit_inputs": len(fit),
+        "features/n_scored_inputs": len(examples),
+        "features/n_candidates": len(spd),
+    }
     if controls:
         metrics["controls/neurons/n_candidates"] = len(neurons)
     feats, result = Features(torch.zeros(0, d_model), torch.zeros(len(examples), 0), torch.zeros(0), torch.zeros(0)), None
@@ -209,16 +242,24 @@ def features_stage(cfg: Config, world: World, model: nn.Module, cm: ComponentMod
             if controls:
                 metrics |= _controls(neurons, resid_fit, resid, basis, len(f), truth, cfg, out_dir)
     save_features(out_dir, feats)
-    metrics |= {"features/n_features": len(feats),
-                "features/n_dense": int((feats.thresholds == float("-inf")).sum()) if len(feats) else 0}
-    log.info("features: %d (projection %s), fitted on %d inputs, scored on %d others", len(feats),
-             fc.projection.value, len(fit), len(examples))
+    metrics |= {
+        "features/n_features": len(feats),
+        "features/n_dense": int((feats.thresholds == float("-inf")).sum()) if len(feats) else 0,
+    }
+    log.info(
+        "features: %d (projection %s), fitted on %d inputs, scored on %d others",
+        len(feats),
+        fc.projection.value,
+        len(fit),
+        len(examples),
+    )
     if result is None:
         log.warning("no live component reads or writes the projection's span: nothing to score")
     else:
         units = Units(feats.directions, feats.values)
-        fig = recovery_figure(result, units, truth, f"{cfg.name}: features from circuits vs ground truth "
-                              f"(projection: {fc.projection.value})")
+        fig = recovery_figure(
+            result, units, truth, f"{cfg.name}: features from circuits vs ground truth (projection: {fc.projection.value})"
+        )
         save_figure(out_dir, "recovery", fig)
         logger.log_figure("recovery/figure", fig)
         plt.close(fig)

@@ -10,7 +10,10 @@ REPORT_FILE = "report.md"
 
 _FIGURES = [  # (file stem, caption); missing files are skipped
     ("target_circuits", "What the target's MLP units read (look-up units vs v_i, attribute units vs u_j)."),
-    ("ci_by_question", "Causal importance of live components by question type: which components carry look-ups and which attributes."),
+    (
+        "ci_by_question",
+        "Causal importance of live components by question type: which components carry look-ups and which attributes.",
+    ),
     ("recovery", "Features from circuits vs ground truth: best |cos| per true feature, and true vs recovered coefficients."),
     ("thesis_table", "Features from circuits, SAE baselines and reference dictionaries, scored by the same code."),
 ]
@@ -36,11 +39,16 @@ HEADLINE_ROWS = (
     ("recovery_raw", "SPD features, no projection"),
     ("recovery_tokens", "SPD features, projected on the read-out tokens' span"),
 )
-_HEADLINE_COLUMNS = (("animals/one_to_one_frac_cos90", "animals 1:1"), ("attributes/one_to_one_frac_cos90", "attributes 1:1"),
-                     ("min/one_to_one_frac_cos90", "min 1:1"), ("animals/frac_cos90", "animals best"),
-                     ("attributes/frac_cos90", "attributes best"), ("animals/one_to_one_coef_recall", "animals coef 1:1"),
-                     ("attributes/one_to_one_coef_recall", "attributes coef 1:1"),
-                     ("min/subspace/one_to_one_frac_cos90", "min 1:1 in entity subspace"))
+_HEADLINE_COLUMNS = (
+    ("animals/one_to_one_frac_cos90", "animals 1:1"),
+    ("attributes/one_to_one_frac_cos90", "attributes 1:1"),
+    ("min/one_to_one_frac_cos90", "min 1:1"),
+    ("animals/frac_cos90", "animals best"),
+    ("attributes/frac_cos90", "attributes best"),
+    ("animals/one_to_one_coef_recall", "animals coef 1:1"),
+    ("attributes/one_to_one_coef_recall", "attributes coef 1:1"),
+    ("min/subspace/one_to_one_frac_cos90", "min 1:1 in entity subspace"),
+)
 
 
 def headline_lines(m: dict[str, Any]) -> list[str]:
@@ -62,26 +70,47 @@ def headline_lines(m: dict[str, Any]) -> list[str]:
 def summary_lines(m: dict[str, Any]) -> list[str]:
     """The summary table: one line per headline number that the run produced."""
     fams = ["animals", "attributes", "min"]
-    keys = [("target/accuracy/min", "target: lowest held-out accuracy over question types"),
-            ("target/circuits/animals_per_lookup_unit", "target: animals per look-up unit")]
-    keys += [("decomp/faithfulness/components/relative_accuracy",
-              "decomposition: accuracy with rounded-CI masks (components only), relative to the target"),
-             ("decomp/faithfulness/with_remainder/relative_accuracy",
-              "decomposition: accuracy with rounded-CI masks plus the remainder W - ΣUV, relative to the target"),
-             ("decomp/faithfulness/ci_masks/relative_accuracy",
-              "decomposition: accuracy with masks = CI (unrounded), relative to the target")]
-    keys += [(k, f"decomposition: ‖W - ΣUV‖ / ‖W‖ of {k.split('/')[-1]} (weights)")
-             for k in sorted(m) if k.startswith("decomp/weight_share_outside/")]
-    keys += [(k, f"decomposition: share of {k.split('/')[-1]}'s action on the data outside the components (W - ΣUV)")
-             for k in sorted(m) if k.startswith("decomp/delta_share/")]
+    keys = [
+        ("target/accuracy/min", "target: lowest held-out accuracy over question types"),
+        ("target/circuits/animals_per_lookup_unit", "target: animals per look-up unit"),
+    ]
+    keys += [
+        (
+            "decomp/faithfulness/components/relative_accuracy",
+            "decomposition: accuracy with rounded-CI masks (components only), relative to the target",
+        ),
+        (
+            "decomp/faithfulness/with_remainder/relative_accuracy",
+            "decomposition: accuracy with rounded-CI masks plus the remainder W - ΣUV, relative to the target",
+        ),
+        (
+            "decomp/faithfulness/ci_masks/relative_accuracy",
+            "decomposition: accuracy with masks = CI (unrounded), relative to the target",
+        ),
+    ]
+    keys += [
+        (k, f"decomposition: ‖W - ΣUV‖ / ‖W‖ of {k.split('/')[-1]} (weights)")
+        for k in sorted(m)
+        if k.startswith("decomp/weight_share_outside/")
+    ]
+    keys += [
+        (k, f"decomposition: share of {k.split('/')[-1]}'s action on the data outside the components (W - ΣUV)")
+        for k in sorted(m)
+        if k.startswith("decomp/delta_share/")
+    ]
     keys += [(k, f"decomposition: live components in {k.split('/')[-1]}") for k in sorted(m) if k.startswith("decomp/n_live/")]
-    keys += [("features/n_features", "features from circuits"),
-             ("features/n_fit_inputs", "inputs the features were fitted on (live components, gates)"),
-             ("features/n_scored_inputs", "other inputs they are scored on (no overlap)")]
-    for metric, label in (("one_to_one_frac_cos90", "one-to-one share at \\|cos\\| >= 0.9"),
-                          ("frac_cos90", "best-match share at \\|cos\\| >= 0.9"),
-                          ("frac_cos99", "best-match share at \\|cos\\| >= 0.99"),
-                          ("coef_recall", "coefficient recall"), ("coef_r2", "coefficient R²")):
+    keys += [
+        ("features/n_features", "features from circuits"),
+        ("features/n_fit_inputs", "inputs the features were fitted on (live components, gates)"),
+        ("features/n_scored_inputs", "other inputs they are scored on (no overlap)"),
+    ]
+    for metric, label in (
+        ("one_to_one_frac_cos90", "one-to-one share at \\|cos\\| >= 0.9"),
+        ("frac_cos90", "best-match share at \\|cos\\| >= 0.9"),
+        ("frac_cos99", "best-match share at \\|cos\\| >= 0.99"),
+        ("coef_recall", "coefficient recall"),
+        ("coef_r2", "coefficient R²"),
+    ):
         keys += [(f"recovery/{f}/{metric}", f"recovery, {f}: {label}") for f in fams]
     keys += [(f"recovery/{f}/units_for_r2_90", f"circuit simplicity, {f}: units a read-out needs for R² 0.9") for f in fams[:2]]
     keys += [("recovery/spurious_frac", "features matching no true feature (spurious share)")]
@@ -93,12 +122,25 @@ def write_report(run_dir: Path, title: str) -> Path:
     """Write `report.md` into the run dir (links the figures that exist; the thesis table if baselines ran)."""
     run_dir = Path(run_dir)
     m = load_metrics(run_dir)
-    lines = [f"# {title}", "", "Numbers from `metrics.json` in this directory. Every dictionary below is scored by the "
-             "same code on the same held-out inputs; the features are fitted on other inputs of the world.", "",
-             "## Headline: what the decomposition adds", "",
-             "Share of true features matched at \\|cos\\| >= 0.9 one-to-one (Hungarian over both families at once) "
-             "and by best match; coefficient recall of the one-to-one partner; number of units and the share matching "
-             "no true feature.", "", *headline_lines(m), "", "## Details", "", *summary_lines(m), ""]
+    lines = [
+        f"# {title}",
+        "",
+        "Numbers from `metrics.json` in this directory. Every dictionary below is scored by the "
+        "same code on the same held-out inputs; the features are fitted on other inputs of the world.",
+        "",
+        "## Headline: what the decomposition adds",
+        "",
+        "Share of true features matched at \\|cos\\| >= 0.9 one-to-one (Hungarian over both families at once) "
+        "and by best match; coefficient recall of the one-to-one partner; number of units and the share matching "
+        "no true feature.",
+        "",
+        *headline_lines(m),
+        "",
+        "## Details",
+        "",
+        *summary_lines(m),
+        "",
+    ]
     table = run_dir / "thesis_table.md"
     if table.exists():
         lines += ["## Features from circuits vs SAE baselines", "", table.read_text().strip(), ""]
@@ -110,8 +152,10 @@ def write_report(run_dir: Path, title: str) -> Path:
 
 # The ladder of targets (docs/targets.md): one column per finished pipeline run, one row per number the issue asks for
 LADDER_ROWS = (
-    *((f"target/accuracy/{q}", f"held-out accuracy: {q}")
-      for q in ("attribute", "size_animal", "size_house", "size_economy", "fact")),
+    *(
+        (f"target/accuracy/{q}", f"held-out accuracy: {q}")
+        for q in ("attribute", "size_animal", "size_house", "size_economy", "fact")
+    ),
     ("target/circuits/animals_per_lookup_unit", "target: animals per look-up unit"),
     ("target/circuits/attribute_read_purity", "target: attribute read purity"),
     ("target/mechanisms/attribute_reads/keep_only_u", "target: attribute accuracy, entity reduced to its u_j part"),

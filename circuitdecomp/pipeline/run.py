@@ -16,19 +16,23 @@ from torch import nn
 
 from circuitdecomp.config import Config, Stage
 from circuitdecomp.decomp.config import InitKind
+from circuitdecomp.rundir import DECOMPOSITION_FILE, RANDOM_START, TARGET_FILE
 from circuitdecomp.runio import Metrics, load_metrics, update_metrics
 from circuitdecomp.tracking import Logger, PrefixedLogger
 from circuitdecomp.world.questions import Examples
+from circuitdecomp.world.sampler import held_out_batch
 from circuitdecomp.world.world import World
 
 log = logging.getLogger(__name__)
-RANDOM_START = "spd_random_start"  # sub-directory and metric prefix of the decomposition from a random start
 
 
 def _target_done(run_dir: Path) -> bool:
     """The target stage finished here: its weights and its checked accuracy (a copied-in target file alone is redone)."""
-    return ((run_dir / "target.safetensors").exists() and (run_dir / "metrics.json").exists()
-            and "target/accuracy/min" in load_metrics(run_dir))
+    return (
+        (run_dir / TARGET_FILE).exists()
+        and (run_dir / "metrics.json").exists()
+        and "target/accuracy/min" in load_metrics(run_dir)
+    )
 
 
 def _clock(seconds: float) -> str:
@@ -51,7 +55,7 @@ def random_start(cfg: Config, world: World, model: nn.Module, held: Examples, ru
     """The decomposition and features again from a random start (`decomposition.init=random`, all else the same),
     in `<run_dir>/spd_random_start/`; its metrics come back into the run's as `spd_random_start/...`. A recipe that
     starts at the target's units can only be judged beside this: it shows what SPD finds by itself."""
-    from circuitdecomp.pipeline.decompose import DECOMPOSITION_FILE, decompose_target
+    from circuitdecomp.pipeline.decompose import decompose_target
     from circuitdecomp.pipeline.features import features_stage
 
     if cfg.decomposition.init is InitKind.random:
@@ -84,16 +88,20 @@ def run_pipeline(cfg: Config, run_dir: Path, logger: Logger) -> Metrics:
     needs_model = stages & {Stage.decompose, Stage.features, Stage.random_start}
     if needs_model:
         if not _target_done(run_dir):
-            raise FileNotFoundError(f"{run_dir} has no finished target (target.safetensors + target metrics): "
-                                    "run the target stage first (stages=[target,...])")
-        from circuitdecomp.pipeline.decompose import DECOMPOSITION_FILE, decompose_target, held_out_batch
+            raise FileNotFoundError(
+                f"{run_dir} has no finished target (target.safetensors + target metrics): "
+                "run the target stage first (stages=[target,...])"
+            )
+        from circuitdecomp.pipeline.decompose import decompose_target
         from circuitdecomp.pipeline.features import features_stage
 
         world, model = load_target_run(run_dir)
-        held = held_out_batch(world, cfg.evaluation.n_inputs, cfg.seed + 11)
+        held = held_out_batch(world, cfg.evaluation.n_inputs, cfg.seed)
         if stages & {Stage.decompose, Stage.features}:
-            log.info("stage decompose: %s", ", ".join(f"{m.pattern} (C={m.C or f'{m.C_factor}x width'})"
-                                                      for m in cfg.decomposition.modules))
+            log.info(
+                "stage decompose: %s",
+                ", ".join(f"{m.pattern} (C={m.C or f'{m.C_factor}x width'})" for m in cfg.decomposition.modules),
+            )
             trains = not (run_dir / DECOMPOSITION_FILE).exists()
             with _timed(Stage.decompose, run_dir, record=trains):
                 cm, _ = decompose_target(cfg, world, model, run_dir, logger)

@@ -24,8 +24,10 @@ def mlp_readout(model: nn.Module, tokens: Int[Tensor, "batch 3"], layer: int = 0
 def _tokens(world: World, question_tokens: list[int]) -> Int[Tensor, "q n_animals 3"]:
     """[question, plain, animal] for every question in the list and every animal."""
     n = world.cfg.n_animals
-    rows = [torch.stack([torch.full((n,), q), torch.full((n,), world.vocab.modifier(Modifier.plain)), torch.arange(n)], 1)
-            for q in question_tokens]
+    rows = [
+        torch.stack([torch.full((n,), q), torch.full((n,), world.vocab.modifier(Modifier.plain)), torch.arange(n)], 1)
+        for q in question_tokens
+    ]
     return torch.stack(rows)
 
 
@@ -66,8 +68,9 @@ def participation(table: UnitTable) -> Float[Tensor, " d_mlp"]:
     return a.sum(0).pow(2) / a.pow(2).sum(0).clamp_min(1e-18)
 
 
-def best_cos(weights: Float[Tensor, "k d_model"], directions: Float[Tensor, "m d_model"],
-             basis: Float[Tensor, "e d_model"]) -> Float[Tensor, " k"]:
+def best_cos(
+    weights: Float[Tensor, "k d_model"], directions: Float[Tensor, "m d_model"], basis: Float[Tensor, "e d_model"]
+) -> Float[Tensor, " k"]:
     """Best |cos| of each weight row, projected onto the entity subspace, with any of the directions."""
     w = (weights @ basis.T) @ basis
     w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -88,7 +91,8 @@ def attribute_circuits(model: nn.Module, world: World) -> AttributeCircuits:
     """Which directions the circuit answering each attribute question reads, as a whole and unit by unit.
 
     g_q is the least-squares fit of logit(yes) - logit(no) over all animals on their attribute values: the direction
-    the whole circuit reads (for a clamp of u_j . x, as planted, g_q is along u_j up to sampling noise). Purity weights each unit by
+    the whole circuit reads (for a clamp of u_j . x, as planted, g_q is along u_j up to sampling noise).
+    Purity weights each unit by
     how much it moves that logit difference (|W_U[yes] - W_U[no]| . W_out[:, k]) times the share of animals it is on for.
     """
     v, n = world.vocab, world.cfg.n_animals
@@ -130,20 +134,28 @@ def circuit_metrics(model: nn.Module, world: World, active_fraction: float) -> d
         "target/circuits/n_lookup_units": float(lookup.sum()),
         "target/circuits/animals_per_lookup_unit": served[lookup].mean().item() if lookup.any() else float("nan"),
         "target/circuits/animals_per_lookup_unit_median": served[lookup].median().item() if lookup.any() else float("nan"),
-        "target/circuits/animals_per_lookup_unit_participation": participation(table)[lookup].mean().item() if lookup.any() else float("nan"),
+        "target/circuits/animals_per_lookup_unit_participation": participation(table)[lookup].mean().item()
+        if lookup.any()
+        else float("nan"),
         "target/circuits/lookup_units_per_animal": serving[:, lookup].sum(1).float().mean().item(),
         "target/circuits/animals_with_own_unit": covered.item(),  # served by a unit that serves at most 2 animals
         "target/circuits/n_attribute_units": float(attribute_units.sum()),
     }
     if lookup.any():
         metrics["target/circuits/lookup_read_cos_v"] = best_cos(w_in[lookup], world.animal_directions, E).mean().item()
-        metrics["target/circuits/lookup_read_entity_share"] = ((w_in[lookup] @ E.T).norm(dim=1) / w_in[lookup].norm(dim=1)).mean().item()
+        metrics["target/circuits/lookup_read_entity_share"] = (
+            ((w_in[lookup] @ E.T).norm(dim=1) / w_in[lookup].norm(dim=1)).mean().item()
+        )
     if attribute_units.any():
-        metrics["target/circuits/attribute_read_cos_u"] = best_cos(w_in[attribute_units], world.attribute_directions, E).mean().item()
+        metrics["target/circuits/attribute_read_cos_u"] = (
+            best_cos(w_in[attribute_units], world.attribute_directions, E).mean().item()
+        )
     if len(model.blocks) == 1:  # the gradient formula in `attribute_circuits` is for one layer
         circuits = attribute_circuits(model, world)
-        metrics |= {"target/circuits/attribute_effective_read_cos_u": circuits.effective_cos.mean().item(),
-                    "target/circuits/attribute_effective_read_cos_u_min": circuits.effective_cos.min().item(),
-                    "target/circuits/attribute_read_purity": circuits.purity.mean().item(),
-                    "target/circuits/attribute_units_per_question": circuits.active_units.mean().item()}
+        metrics |= {
+            "target/circuits/attribute_effective_read_cos_u": circuits.effective_cos.mean().item(),
+            "target/circuits/attribute_effective_read_cos_u_min": circuits.effective_cos.min().item(),
+            "target/circuits/attribute_read_purity": circuits.purity.mean().item(),
+            "target/circuits/attribute_units_per_question": circuits.active_units.mean().item(),
+        }
     return metrics

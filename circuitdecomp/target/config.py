@@ -130,15 +130,22 @@ class TransformerTargetConfig(TargetConfig):
     max_retries: int = 2
 
     def __post_init__(self) -> None:
-        check(self.kind in (TargetKind.trained, TargetKind.templated, TargetKind.planted),
-              f"target.kind={self.kind.value}: the animal-world transformer is 'trained', 'templated' or 'planted'")
+        check(
+            self.kind in (TargetKind.trained, TargetKind.templated, TargetKind.planted),
+            f"target.kind={self.kind.value}: the animal-world transformer is 'trained', 'templated' or 'planted'",
+        )
         if self.kind == TargetKind.trained:  # the ground-truth rule: nothing from the world's directions, standard init
-            for name, reads in (("animal_templates", "starts units at the true animal directions"),
-                                ("units_per_question", "sets units' reads by solving for the question codes"),
-                                ("context_init_norm", "rescales attention's init")):
-                check(not getattr(self, name), f"target.{name}={getattr(self, name)} {reads}; target=trained starts every "
-                      "weight from the standard init and reads no ground truth: use target=templated for that recipe, "
-                      f"or set target.{name}={'false' if name == 'animal_templates' else 0}")
+            for name, reads in (
+                ("animal_templates", "starts units at the true animal directions"),
+                ("units_per_question", "sets units' reads by solving for the question codes"),
+                ("context_init_norm", "rescales attention's init"),
+            ):
+                check(
+                    not getattr(self, name),
+                    f"target.{name}={getattr(self, name)} {reads}; target=trained starts every "
+                    "weight from the standard init and reads no ground truth: use target=templated for that recipe, "
+                    f"or set target.{name}={'false' if name == 'animal_templates' else 0}",
+                )
         check(self.n_layers in (1, 2), f"target.n_layers={self.n_layers}: the animal-world target has 1 or 2 layers")
         check(self.n_heads >= 1, f"target.n_heads={self.n_heads} must be >= 1")
         check(self.d_mlp is None or self.d_mlp >= 1, f"target.d_mlp={self.d_mlp} must be >= 1 or null (automatic)")
@@ -152,16 +159,22 @@ class TransformerTargetConfig(TargetConfig):
         check(self.max_retries >= 0, f"target.max_retries={self.max_retries} must be >= 0")
         check(0 <= self.label_smoothing < 1, f"target.label_smoothing={self.label_smoothing} must be in [0, 1)")
         check(self.units_per_question >= 0, f"target.units_per_question={self.units_per_question} must be >= 0 (0: shared units)")
-        check(not (self.units_per_question and self.train_attention),
-              f"target.units_per_question={self.units_per_question} gates each group on the initial question code, which "
-              "drifts when attention trains (~60% of the groups then die: results log, session 7); set "
-              "target.train_attention=false, or target.units_per_question=0")
+        check(
+            not (self.units_per_question and self.train_attention),
+            f"target.units_per_question={self.units_per_question} gates each group on the initial question code, which "
+            "drifts when attention trains (~60% of the groups then die: results log, session 7); set "
+            "target.train_attention=false, or target.units_per_question=0",
+        )
         for name in ("lookup_gate_l1", "attribute_l1", "question_gate_l1", "context_init_norm"):
             check(getattr(self, name) >= 0, f"target.{name}={getattr(self, name)} must be >= 0")
         check(0 < self.template_threshold < 1, f"target.template_threshold={self.template_threshold} must be in (0, 1)")
-        check(0 < self.lookup_active_fraction < 1, f"target.lookup_active_fraction={self.lookup_active_fraction} must be in (0, 1)")
+        check(
+            0 < self.lookup_active_fraction < 1, f"target.lookup_active_fraction={self.lookup_active_fraction} must be in (0, 1)"
+        )
         unknown = sorted(set(self.question_mix) - set(QUESTION_TYPES))
         check(not unknown, f"target.question_mix has unknown question types {unknown}; known: {list(QUESTION_TYPES)}")
-        check(all(w >= 0 for w in self.question_mix.values()) and sum(self.question_mix.values()) > 0,
-              f"target.question_mix={dict(self.question_mix)} needs non-negative weights with a positive sum")
+        check(
+            all(w >= 0 for w in self.question_mix.values()) and sum(self.question_mix.values()) > 0,
+            f"target.question_mix={dict(self.question_mix)} needs non-negative weights with a positive sum",
+        )
         super().__post_init__()

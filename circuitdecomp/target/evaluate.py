@@ -14,7 +14,7 @@ from circuitdecomp.world.world import World
 @torch.no_grad()
 def predict(model: nn.Module, examples: Examples, batch_size: int = 4096) -> Float[Tensor, "n d_vocab"]:
     """Read-out logits for every row, in batches."""
-    return torch.cat([readout_logits(model, examples.tokens[s:s + batch_size]) for s in range(0, len(examples), batch_size)])
+    return torch.cat([readout_logits(model, examples.tokens[s : s + batch_size]) for s in range(0, len(examples), batch_size)])
 
 
 def accuracy_by_type(logits: Float[Tensor, "n d_vocab"], examples: Examples, prefix: str) -> dict[str, float]:
@@ -34,9 +34,13 @@ def saturation(logits: Float[Tensor, "n d_vocab"], examples: Examples) -> dict[s
     right = logits.gather(1, examples.answer[:, None]).squeeze(1)
     others = logits.scatter(1, examples.answer[:, None], float("-inf")).max(-1).values
     margin = right - others
-    return {"target/saturation/mean_p_correct": p.mean().item(), "target/saturation/frac_p_above_0.99": (p > 0.99).float().mean().item(),
-            "target/saturation/mean_logit_margin": margin.mean().item(), "target/saturation/median_logit_margin": margin.median().item(),
-            "target/saturation/max_logit": logits.max().item()}
+    return {
+        "target/saturation/mean_p_correct": p.mean().item(),
+        "target/saturation/frac_p_above_0.99": (p > 0.99).float().mean().item(),
+        "target/saturation/mean_logit_margin": margin.mean().item(),
+        "target/saturation/median_logit_margin": margin.median().item(),
+        "target/saturation/max_logit": logits.max().item(),
+    }
 
 
 def evaluate_target(model: nn.Module, examples: Examples) -> dict[str, float]:

@@ -18,7 +18,7 @@ def resid_mid(model: nn.Module, examples: Examples, batch_size: int = 4096) -> F
     """Residual at the read-out position after the first attention layer."""
     out = []
     for s in range(0, len(examples), batch_size):
-        _, cache = model.run_with_cache(examples.tokens[s:s + batch_size], names_filter=lambda n: n == HOOK)
+        _, cache = model.run_with_cache(examples.tokens[s : s + batch_size], names_filter=lambda n: n == HOOK)
         out.append(cache[HOOK][:, READOUT_POS])
     return torch.cat(out)
 
@@ -55,11 +55,15 @@ def mechanism_metrics(model: nn.Module, world: World, n_animals_ablated: int = 8
     true = world.entity_attribute_values()[probe.entity]
     read = x @ world.attribute_directions.T
     err = read - true
-    metrics = {"target/mechanisms/attribute_readout_max_error": err.abs().max().item(),
-               "target/mechanisms/attribute_readout_r2": (1 - err.pow(2).sum() / (true - true.mean(0)).pow(2).sum()).item()}
+    metrics = {
+        "target/mechanisms/attribute_readout_max_error": err.abs().max().item(),
+        "target/mechanisms/attribute_readout_r2": (1 - err.pow(2).sum() / (true - true.mean(0)).pow(2).sum()).item(),
+    }
     E = world.geometry.entity_basis
     entity_part = (x @ E.T) @ E
-    metrics["target/mechanisms/entity_part_max_error"] = (entity_part - world.entity_embeddings()[probe.entity]).abs().max().item()
+    metrics["target/mechanisms/entity_part_max_error"] = (
+        (entity_part - world.entity_embeddings()[probe.entity]).abs().max().item()
+    )
     metrics |= accuracy_by_type(predict(model, probe), probe, "target/mechanisms/intact")
     metrics |= ablated_accuracy(model, probe, world.size_direction, "target/mechanisms/ablate_size")
     metrics |= _animal_ablations(model, world, probe, n_animals_ablated, seed)
@@ -88,6 +92,7 @@ def _attribute_reads(model: nn.Module, world: World, probe: Examples) -> dict[st
             x = x.clone()
             x[:, READOUT_POS] = r - (r @ E.T) @ E + along if keep_only else r - along
             return x
+
         return hook
 
     answers = slice(world.vocab.answers_start, None)
@@ -115,6 +120,8 @@ def _animal_ablations(model: nn.Module, world: World, probe: Examples, k: int, s
         mine = facts.entity == i
         own.append(correct[mine].float().mean().item())
         others.append(correct[~mine].float().mean().item())
-    return {"target/mechanisms/ablate_animal/own_facts": sum(own) / len(own),
-            "target/mechanisms/ablate_animal/other_facts": sum(others) / len(others),
-            "target/mechanisms/ablate_animal/chance": 1.0 / world.cfg.n_fact_answers}
+    return {
+        "target/mechanisms/ablate_animal/own_facts": sum(own) / len(own),
+        "target/mechanisms/ablate_animal/other_facts": sum(others) / len(others),
+        "target/mechanisms/ablate_animal/chance": 1.0 / world.cfg.n_fact_answers,
+    }

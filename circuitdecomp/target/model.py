@@ -20,12 +20,11 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from circuitdecomp.frozen import ConfigError
+from circuitdecomp.rundir import TARGET_FILE
 from circuitdecomp.runio import load_module_state, save_tensors
 from circuitdecomp.target.config import TransformerTargetConfig
 from circuitdecomp.world.vocab import READOUT_POS, SEQ_LEN
 from circuitdecomp.world.world import World
-
-TARGET_FILE = "target.safetensors"
 
 
 class FixRows(nn.Module):
@@ -69,9 +68,18 @@ def bridge_config(world: World, cfg: TransformerTargetConfig, seed: int) -> Any:
     d = world.d_model
     if d % cfg.n_heads:
         raise ConfigError(f"target.n_heads={cfg.n_heads} does not divide d_model={d}; pick a divisor of {d}")
-    return TransformerBridgeConfig(d_model=d, d_head=d // cfg.n_heads, n_heads=cfg.n_heads, n_layers=cfg.n_layers,
-                                   n_ctx=SEQ_LEN, d_vocab=world.vocab.d_vocab, d_mlp=mlp_width(world, cfg),
-                                   act_fn="relu", normalization_type=None, seed=seed)
+    return TransformerBridgeConfig(
+        d_model=d,
+        d_head=d // cfg.n_heads,
+        n_heads=cfg.n_heads,
+        n_layers=cfg.n_layers,
+        n_ctx=SEQ_LEN,
+        d_vocab=world.vocab.d_vocab,
+        d_mlp=mlp_width(world, cfg),
+        act_fn="relu",
+        normalization_type=None,
+        seed=seed,
+    )
 
 
 def planted_width(world: World) -> int:
@@ -99,22 +107,35 @@ def mlp_width(world: World, cfg: TransformerTargetConfig) -> int:
     `units_per_question` > 0, else width_factor x `trained_base_width`."""
     planted = cfg.kind.value == "planted"
     grouped = not planted and cfg.units_per_question > 0
-    automatic = (planted_width(world) if planted else n_templates(world, cfg) + len(question_of_units(world, cfg))
-                 if grouped else round(cfg.width_factor * trained_base_width(world)))
+    automatic = (
+        planted_width(world)
+        if planted
+        else n_templates(world, cfg) + len(question_of_units(world, cfg))
+        if grouped
+        else round(cfg.width_factor * trained_base_width(world))
+    )
     width = cfg.d_mlp if cfg.d_mlp is not None else automatic
     if grouped and cfg.d_mlp is None and not cfg.animal_templates:
-        raise ValueError(f"target.units_per_question={cfg.units_per_question} without animal templates leaves no units for "
-                         "the look-ups: set target.animal_templates=true, or give target.d_mlp (units past the groups "
-                         "are shared by every question)")
+        raise ValueError(
+            f"target.units_per_question={cfg.units_per_question} without animal templates leaves no units for "
+            "the look-ups: set target.animal_templates=true, or give target.d_mlp (units past the groups "
+            "are shared by every question)"
+        )
     if grouped and width < automatic:
-        raise ValueError(f"target.d_mlp={width} is below the {automatic} units that target.units_per_question="
-                         f"{cfg.units_per_question} needs (templates + groups); raise target.d_mlp or set it to null")
+        raise ValueError(
+            f"target.d_mlp={width} is below the {automatic} units that target.units_per_question="
+            f"{cfg.units_per_question} needs (templates + groups); raise target.d_mlp or set it to null"
+        )
     if planted and width < planted_width(world):
-        raise ValueError(f"target.d_mlp={width} is below the {planted_width(world)} neurons the planted target needs "
-                         f"for this world; raise target.d_mlp or set it to null")
+        raise ValueError(
+            f"target.d_mlp={width} is below the {planted_width(world)} neurons the planted target needs "
+            f"for this world; raise target.d_mlp or set it to null"
+        )
     if not planted and cfg.animal_templates and width <= world.cfg.n_animals:
-        raise ValueError(f"target MLP width {width} leaves no units beside the {world.cfg.n_animals} animal templates; raise "
-                         f"target.d_mlp / target.width_factor, or set target.animal_templates=false")
+        raise ValueError(
+            f"target MLP width {width} leaves no units beside the {world.cfg.n_animals} animal templates; raise "
+            f"target.d_mlp / target.width_factor, or set target.animal_templates=false"
+        )
     return width
 
 
@@ -165,7 +186,9 @@ def readout_logits(model: nn.Module, tokens: Int[Tensor, "batch 3"]) -> Float[Te
     return model(tokens)[:, -1]
 
 
-def readout_forward(model: nn.Module, tokens: Int[Tensor, "batch 3"]) -> tuple[Float[Tensor, "batch d_vocab"], Float[Tensor, "batch d_mlp"]]:
+def readout_forward(
+    model: nn.Module, tokens: Int[Tensor, "batch 3"]
+) -> tuple[Float[Tensor, "batch d_vocab"], Float[Tensor, "batch d_mlp"]]:
     """Logits and MLP activations at the read-out position only, computed ~3x faster than the full forward.
 
     Exact for a one-layer target whose attention reads only the context subspace (every target built here):
@@ -182,6 +205,7 @@ def readout_forward(model: nn.Module, tokens: Int[Tensor, "batch 3"]) -> tuple[F
     def keeper(name: str) -> Any:
         def keep(x: Tensor, hook: Any) -> None:
             seen[name] = x[:, READOUT_POS]
+
         return keep
 
     with model.hooks(fwd_hooks=[(f"blocks.0.hook_resid_{name}", keeper(name)) for name in ("pre", "mid")]):

@@ -44,7 +44,7 @@ def planted_model(world: World, cfg: TransformerTargetConfig, seed: int) -> nn.M
         _embeddings(model, world)
         _copy_context_attention(model, world)
         _mlp(model, world, cfg.planted_logit_scale, answer_directions(world, seed))
-        model.unembed.weight[world.vocab.answers_start:] = answer_directions(world, seed)  # nn.Linear: [d_vocab, d_model]
+        model.unembed.weight[world.vocab.answers_start :] = answer_directions(world, seed)  # nn.Linear: [d_vocab, d_model]
     return model.eval()
 
 
@@ -72,7 +72,7 @@ def _mlp(model: nn.Module, world: World, scale: float, answers: Float[Tensor, "n
     cfg, vocab, C = world.cfg, world.vocab, world.geometry.context_basis
     w_in = model.blocks[0].mlp.get_submodule("in")
     w_out = model.blocks[0].mlp.get_submodule("out")
-    W, b, O = w_in.weight, w_in.bias, w_out.weight
+    W, b, W_out = w_in.weight, w_in.bias, w_out.weight
     n, n_attr_q, K = cfg.n_animals, vocab.n_attribute_questions, cfg.n_fact_answers
 
     def fact_answer(f: int, k: int) -> int:
@@ -85,7 +85,7 @@ def _mlp(model: nn.Module, world: World, scale: float, answers: Float[Tensor, "n
     W[:n] = sharp[:, None] * v + 2.0 * C[1]
     b[:n] = -sharp * (1.0 + nn_cos) / 2.0 - 2.0
     for i in range(n):
-        O[:, i] = scale * answers[[fact_answer(f, int(world.fact_answers[i, f])) for f in range(cfg.n_facts)]].sum(0)
+        W_out[:, i] = scale * answers[[fact_answer(f, int(world.fact_answers[i, f])) for f in range(cfg.n_facts)]].sum(0)
     # attribute questions: ReLU(+-S value), one vote at the margin, linear beyond it
     for q, j in enumerate(cfg.asked_attributes):
         sigma = float(world.attribute_scale[j])
@@ -98,10 +98,10 @@ def _mlp(model: nn.Module, world: World, scale: float, answers: Float[Tensor, "n
         for sign, answer, unit in ((1.0, 1, n + 2 * q), (-1.0, 0, n + 2 * q + 1)):
             W[unit] = sign * S * reads + gate * C[2 + q]
             b[unit] = -gate
-            O[:, unit] = scale * answers[answer]
+            W_out[:, unit] = scale * answers[answer]
     # fact selectors: on (exactly 1) when fact f is asked, voting for all of its answers
     for f in range(cfg.n_facts):
         unit = n + 2 * n_attr_q + f
         W[unit] = C[2 + n_attr_q + f]
-        O[:, unit] = scale * answers[[fact_answer(f, k) for k in range(K)]].sum(0)
+        W_out[:, unit] = scale * answers[[fact_answer(f, k) for k in range(K)]].sum(0)
     assert unit + 1 == planted_width(world)

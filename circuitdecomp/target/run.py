@@ -9,12 +9,13 @@ from torch import nn
 
 from circuitdecomp.config import Config
 from circuitdecomp.frozen import ConfigError
+from circuitdecomp.rundir import TARGET_FILE
 from circuitdecomp.runio import load_run, save_figure, update_metrics
 from circuitdecomp.target.circuits import circuit_metrics
 from circuitdecomp.target.config import TargetKind, TransformerTargetConfig
 from circuitdecomp.target.evaluate import accuracy_by_type, attribute_linear_ceiling, evaluate_target, predict
 from circuitdecomp.target.mechanisms import mechanism_metrics
-from circuitdecomp.target.model import TARGET_FILE, bake, load_model, save_model
+from circuitdecomp.target.model import bake, load_model, save_model
 from circuitdecomp.target.planted import planted_model
 from circuitdecomp.target.plots import circuits_figure
 from circuitdecomp.target.train import train_target
@@ -30,17 +31,25 @@ def world_metrics(world: World) -> dict[str, float]:
     """`world/*`: sizes and how crowded the animals are."""
     nn_cos = nearest_neighbour_cos(world.animal_directions)  # -2 when there is a single animal
     ex = world.examples
-    return {"world/d_model": float(world.d_model), "world/n_examples": float(len(ex)), "world/n_train": float(ex.is_train.sum()),
-            "world/d_vocab": float(world.vocab.d_vocab), "world/nn_cos_mean": nn_cos.mean().item(), "world/nn_cos_max": nn_cos.max().item(),
-            "world/attribute_linear_ceiling": attribute_linear_ceiling(world)}
+    return {
+        "world/d_model": float(world.d_model),
+        "world/n_examples": float(len(ex)),
+        "world/n_train": float(ex.is_train.sum()),
+        "world/d_vocab": float(world.vocab.d_vocab),
+        "world/nn_cos_mean": nn_cos.mean().item(),
+        "world/nn_cos_max": nn_cos.max().item(),
+        "world/attribute_linear_ceiling": attribute_linear_ceiling(world),
+    }
 
 
 def target_config(cfg: Config) -> TransformerTargetConfig:
     """The target config, refusing toy targets with the fix in the message."""
     if not isinstance(cfg.target, TransformerTargetConfig):
-        raise ConfigError(f"target={cfg.target.kind.value} is a toy; train_target.py builds the animal-world transformer: "
-                         "pass target=trained, target=templated or target=planted (and ~experiment if an experiment sets a "
-                         "toy target)")
+        raise ConfigError(
+            f"target={cfg.target.kind.value} is a toy; train_target.py builds the animal-world transformer: "
+            "pass target=trained, target=templated or target=planted (and ~experiment if an experiment sets a "
+            "toy target)"
+        )
     return cfg.target
 
 
@@ -72,7 +81,9 @@ def build_target(cfg: Config, out_dir: Path, logger: Logger) -> dict[str, float]
     metrics |= circuit_metrics(model, world, t.lookup_active_fraction)
     update_metrics(out_dir, metrics)
     logger.log(metrics)
-    fig = circuits_figure(model, world, t.lookup_active_fraction, f"{t.kind.value} target, world {cfg.world.name}, seed {cfg.seed}")
+    fig = circuits_figure(
+        model, world, t.lookup_active_fraction, f"{t.kind.value} target, world {cfg.world.name}, seed {cfg.seed}"
+    )
     save_figure(out_dir, "target_circuits", fig)
     logger.log_figure("target/circuits", fig)
     plt.close(fig)

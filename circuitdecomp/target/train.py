@@ -12,8 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from circuitdecomp.decomp.checkpoint import (Retry, latest_checkpoint, load_checkpoint, read_retry, retry_or_raise,
-                                             run_fingerprint, save_checkpoint)
+from circuitdecomp.checkpoint import (
+    Retry,
+    latest_checkpoint,
+    load_checkpoint,
+    read_retry,
+    retry_or_raise,
+    run_fingerprint,
+    save_checkpoint,
+)
 from circuitdecomp.interrupt import DivergenceError, Interrupted, check_finite, stop_on_signals
 from circuitdecomp.progress import progress
 from circuitdecomp.target.config import TransformerTargetConfig
@@ -115,8 +122,8 @@ def _gate_groups(model: nn.Module, world: World, first: int, group_question: Ten
     wanted = torch.where(prefixes[:, 0, None] == group_question[None, :], 1.0, -1.0)  # [prefixes, group units]
     solution = torch.linalg.pinv(design) @ wanted  # least norm: no entity read (contexts have none)
     n = len(group_question)
-    w_in.weight[first:first + n] = solution[:-1].T
-    w_in.bias[first:first + n] = solution[-1]
+    w_in.weight[first : first + n] = solution[:-1].T
+    w_in.bias[first : first + n] = solution[-1]
 
 
 def _weighted_l1(h: Tensor, block: nn.Module, rows: Tensor, units: slice = slice(None)) -> Tensor:
@@ -133,8 +140,15 @@ def _weighted_l1(h: Tensor, block: nn.Module, rows: Tensor, units: slice = slice
     return (per_row * rows).sum() / h.shape[0]
 
 
-def train_target(world: World, cfg: TransformerTargetConfig, seed: int, logger: Logger, log_every: int = 100,
-                 evaluate: Callable[[nn.Module], dict[str, float]] | None = None, out_dir: Path | None = None) -> TrainResult:
+def train_target(
+    world: World,
+    cfg: TransformerTargetConfig,
+    seed: int,
+    logger: Logger,
+    log_every: int = 100,
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    out_dir: Path | None = None,
+) -> TrainResult:
     """Train a fresh constrained target on the world's training split.
 
     With `out_dir`, checkpoints go to `checkpoints/target/` there and training resumes from the newest one;
@@ -148,8 +162,15 @@ def train_target(world: World, cfg: TransformerTargetConfig, seed: int, logger: 
             retry_or_raise(err, out_dir, cfg.retry_lr_factor, cfg.max_retries, "target", CKPT_DIR)
 
 
-def _train_once(world: World, cfg: TransformerTargetConfig, seed: int, logger: Logger, log_every: int,
-                evaluate: Callable[[nn.Module], dict[str, float]] | None, out_dir: Path | None) -> TrainResult:
+def _train_once(
+    world: World,
+    cfg: TransformerTargetConfig,
+    seed: int,
+    logger: Logger,
+    log_every: int,
+    evaluate: Callable[[nn.Module], dict[str, float]] | None,
+    out_dir: Path | None,
+) -> TrainResult:
     """One attempt of `train_target`: resume or start, then train until done, stopped or diverged."""
     torch.manual_seed(seed)
     model = build_model(world, cfg, seed)
@@ -186,8 +207,9 @@ def _train_once(world: World, cfg: TransformerTargetConfig, seed: int, logger: L
         for step in range(first, cfg.train_steps):
             if stop.set:
                 if out_dir is not None:
-                    save_checkpoint(out_dir, step, named, opt, gens, folder=CKPT_DIR, retry=retry, by_signal=True,
-                                    fingerprint=fingerprint)
+                    save_checkpoint(
+                        out_dir, step, named, opt, gens, folder=CKPT_DIR, retry=retry, by_signal=True, fingerprint=fingerprint
+                    )
                 raise Interrupted(f"target training stopped by {stop.signal_name} at step {step}")
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
@@ -210,14 +232,26 @@ def _train_once(world: World, cfg: TransformerTargetConfig, seed: int, logger: L
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf")).item()
             terms = {"ce": ce, "act_l1": l1, "lookup_gate_l1": gate, "attribute_l1": attr_l1, "question_gate_l1": q_gate}
-            check_finite("target training", step, loss, terms, grad_norm, cfg.max_loss,
-                         f"lower target.lr (now {cfg.lr:g}) and re-run, or set target.retry_lr_factor=0.5 to retry automatically.")
+            check_finite(
+                "target training",
+                step,
+                loss,
+                terms,
+                grad_norm,
+                cfg.max_loss,
+                f"lower target.lr (now {cfg.lr:g}) and re-run, or set target.retry_lr_factor=0.5 to retry automatically.",
+            )
             opt.step()
             bar.update(1)
             if step % log_every == 0 or step == cfg.train_steps - 1:
                 loss_v, acc_v = loss.item(), (logits.argmax(-1) == batch.answer).float().mean().item()
-                metrics = {"target/train/loss": loss_v, "target/train/ce": ce.item(), "target/train/l1": float(l1.detach()) if isinstance(l1, Tensor) else l1,
-                           "target/train/batch_accuracy": acc_v, "target/train/lr": lr_at(step, cfg)}
+                metrics = {
+                    "target/train/loss": loss_v,
+                    "target/train/ce": ce.item(),
+                    "target/train/l1": float(l1.detach()) if isinstance(l1, Tensor) else l1,
+                    "target/train/batch_accuracy": acc_v,
+                    "target/train/lr": lr_at(step, cfg),
+                }
                 logger.log(metrics, step=step)
                 bar.set_postfix(loss=f"{loss_v:.3f}", acc=f"{acc_v:.3f}")
             if evaluate is not None and cfg.eval_every and step and step % cfg.eval_every == 0:

@@ -9,9 +9,9 @@ from jaxtyping import Float
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from circuitdecomp.runio import Metrics
 from circuitdecomp.decomp.model import ComponentModel
 from circuitdecomp.evaluate.config import EvaluationConfig
+from circuitdecomp.runio import Metrics
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,14 @@ def _matching(paths: list[str], pattern: str) -> list[str]:
     return [p for p in paths if fnmatch.fnmatchcase(p, pattern)]
 
 
-def evaluate_toy(cm: ComponentModel, n_features: int, cfg: EvaluationConfig, data: Tensor, ci_threshold: float,
-                 embedding: Float[Tensor, "n_features d"] | None = None) -> Metrics:
+def evaluate_toy(
+    cm: ComponentModel,
+    n_features: int,
+    cfg: EvaluationConfig,
+    data: Tensor,
+    ci_threshold: float,
+    embedding: Float[Tensor, "n_features d"] | None = None,
+) -> Metrics:
     """`decomp/...` metrics: MMCS/ML2R, target-solution error, live components and CI-L0 per module.
 
     `embedding`: how features enter the stream that matrices of width d read (resid_mlp's W_E); such matrices are

@@ -18,8 +18,9 @@ def ci_heatmap(ci: dict[str, torch.Tensor], title: str = "", live_threshold: flo
         rest = (peak <= live_threshold).nonzero().flatten()
         # live components by the feature that turns them on most (one component per feature shows as a diagonal),
         # then the rest, most used first
-        order = torch.cat([live[torch.sort(g[:, live].argmax(0), stable=True).indices],
-                           rest[g[:, rest].sum(0).argsort(descending=True)]])
+        order = torch.cat(
+            [live[torch.sort(g[:, live].argmax(0), stable=True).indices], rest[g[:, rest].sum(0).argsort(descending=True)]]
+        )
         g = g[:, order][:, : max(1, int((peak > 0.01).sum()) + 2)]  # drop the always-off tail
         im = ax.imshow(g.numpy(), aspect="auto", cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
         ax.set(title=path, xlabel="component (sorted)", ylabel="active input feature")

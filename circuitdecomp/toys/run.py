@@ -8,10 +8,11 @@ import torch
 from torch import nn
 
 from circuitdecomp.config import Config
+from circuitdecomp.decomp import engine
 from circuitdecomp.decomp.model import ComponentModel
 from circuitdecomp.decomp.pgd import pgd_recon_loss
-from circuitdecomp.decomp.train import train_decomposition
 from circuitdecomp.frozen import ConfigError
+from circuitdecomp.rundir import TARGET_FILE
 from circuitdecomp.runio import Metrics, load_module_state, save_figure, save_tensors, update_metrics
 from circuitdecomp.target.config import ResidMLPConfig, TMSConfig
 from circuitdecomp.toys import resid_mlp, tms
@@ -21,7 +22,6 @@ from circuitdecomp.toys.plots import ci_heatmap, close_figure
 from circuitdecomp.tracking import Logger
 
 log = logging.getLogger(__name__)
-TARGET_FILE = "target.safetensors"
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,10 @@ def build_toy(cfg: Config, out_dir: Path) -> Toy:
             ok = tms.features_reproduced(model)
             metrics["target/features_reproduced"] = int(ok.sum())
             if t.check_features and not bool(ok.all()):
-                raise RuntimeError(f"the TMS target in {path} reproduces only {int(ok.sum())}/{ok.numel()} features; "
-                                   "delete it to retrain, or raise target.max_attempts")
+                raise RuntimeError(
+                    f"the TMS target in {path} reproduces only {int(ok.sum())}/{ok.numel()} features; "
+                    "delete it to retrain, or raise target.max_attempts"
+                )
         case ResidMLPConfig():
             model = resid_mlp.ResidMLP(t, cfg.seed)
             low, embedding = -1.0, model.W_E
@@ -67,32 +69,43 @@ def decompose_toy(cfg: Config, out_dir: Path, logger: Logger) -> Metrics:
     """The whole toy experiment; writes target, decomposition, metrics.json and the CI figure to out_dir."""
     toy = build_toy(cfg, out_dir)
     update_metrics(out_dir, toy.metrics)
-    seed = cfg.seed if cfg.decomposition.seed is None else cfg.decomposition.seed
-    torch.manual_seed(seed)  # component and CI-function init
-    cm = ComponentModel(toy.model, cfg.decomposition)
+    seed = engine.resolve_seed(cfg.decomposition, cfg.seed)
+    cm = engine.component_model(toy.model, cfg.decomposition, seed)
     B = cfg.decomposition.batch_size
 
     def sample(gen: torch.Generator) -> torch.Tensor:
         return sparse_features(B, toy.n_features, toy.feature_prob, gen, low=toy.value_low)
 
-    eval_data = sparse_features(B, toy.n_features, toy.feature_prob, torch.Generator().manual_seed(cfg.seed + 7), low=toy.value_low)
+    eval_data = sparse_features(
+        B, toy.n_features, toy.feature_prob, torch.Generator().manual_seed(cfg.seed + 7), low=toy.value_low
+    )
 
     def eval_fn(model: ComponentModel, step: int) -> Metrics:
         fig = ci_heatmap(one_hot_ci(model, toy.n_features, cfg.evaluation.one_hot_magnitude), f"{cfg.name}: step {step}")
         logger.log_figure("decomp/ci_one_hot", fig, step=step)
         close_figure(fig)
-        return evaluate_toy(model, toy.n_features, cfg.evaluation, eval_data, cfg.decomposition.ci_alive_threshold,
-                            toy.embedding)
+        return evaluate_toy(model, toy.n_features, cfg.evaluation, eval_data, cfg.decomposition.ci_alive_threshold, toy.embedding)
 
-    result = train_decomposition(cm, sample, cfg.decomposition, seed, out_dir, logger, eval_fn, cfg.tracking.log_every)
+    result = engine.fit(
+        cm,
+        sample,
+        cfg.decomposition,
+        seed,
+        out_dir=out_dir,
+        logger=logger,
+        eval_fn=eval_fn,
+        log_every=cfg.tracking.log_every,
+        name=cfg.name,
+    )
     metrics = eval_fn(cm, cfg.decomposition.steps)
-    metrics.update({f"decomp/final/{k}": v for k, v in result.final_losses.items()})
-    metrics["decomp/ms_per_step"] = result.ms_per_step
+    if result is not None:  # None: loaded, finished earlier (its final losses are in metrics.json already)
+        metrics.update({f"decomp/final/{k}": v for k, v in result.final_losses.items()})
+        metrics["decomp/ms_per_step"] = result.ms_per_step
     d = cfg.decomposition
     if d.pgd_steps > 0:
-        metrics["decomp/pgd_recon"] = pgd_recon_loss(cm, eval_data, d.pgd_steps, d.pgd_step_size, d.output_loss, d.use_delta,
-                                                     torch.Generator().manual_seed(seed))
-    save_tensors(Path(out_dir) / "decomposition.safetensors", {k: v.detach() for k, v in cm.named_trainables().items()})
+        metrics["decomp/pgd_recon"] = pgd_recon_loss(
+            cm, eval_data, d.pgd_steps, d.pgd_step_size, d.output_loss, d.use_delta, torch.Generator().manual_seed(seed)
+        )
     fig = ci_heatmap(one_hot_ci(cm, toy.n_features, cfg.evaluation.one_hot_magnitude), f"{cfg.name}: CI on single features")
     save_figure(out_dir, "ci_one_hot", fig)
     close_figure(fig)

@@ -65,6 +65,9 @@ def train_checked_tms(cfg: TMSConfig, seed: int) -> tuple[TMS, int]:
         if bool(ok.all()) or not cfg.check_features:
             log.info("TMS target (seed %d) reproduces all %d features", s, ok.numel())
             return model, s
-        log.warning("TMS target seed %d reproduces only %d/%d features; retraining with another seed", s, int(ok.sum()), ok.numel())
-    raise RuntimeError(f"no TMS target reproduced every feature in {cfg.max_attempts} attempts; "
-                       "raise target.max_attempts or target.train_steps")
+        log.warning(
+            "TMS target seed %d reproduces only %d/%d features; retraining with another seed", s, int(ok.sum()), ok.numel()
+        )
+    raise RuntimeError(
+        f"no TMS target reproduced every feature in {cfg.max_attempts} attempts; raise target.max_attempts or target.train_steps"
+    )

@@ -38,38 +38,55 @@ class WorldConfig(Frozen):
 
     def __post_init__(self) -> None:
         check(bool(self.name), "world.name is empty; give the world a name (it titles figures)")
-        check(self.n_animals >= 1, f"world.n_animals={self.n_animals}: a world needs at least one animal; set world.n_animals >= 1")
+        check(
+            self.n_animals >= 1, f"world.n_animals={self.n_animals}: a world needs at least one animal; set world.n_animals >= 1"
+        )
         check(self.n_attributes >= 1, f"world.n_attributes={self.n_attributes}: set world.n_attributes >= 1")
         check(self.n_houses >= 0 and self.n_economies >= 0, "world.n_houses and world.n_economies must be >= 0")
-        check(0 <= self.size_attribute < self.n_attributes,
-              f"world.size_attribute={self.size_attribute} names a missing attribute: the world has attributes "
-              f"0..{self.n_attributes - 1}; pick one of those or raise world.n_attributes")
+        check(
+            0 <= self.size_attribute < self.n_attributes,
+            f"world.size_attribute={self.size_attribute} names a missing attribute: the world has attributes "
+            f"0..{self.n_attributes - 1}; pick one of those or raise world.n_attributes",
+        )
         for j in self.attribute_questions or []:
-            check(0 <= j < self.n_attributes,
-                  f"world.attribute_questions contains {j}, a missing attribute: the world has attributes "
-                  f"0..{self.n_attributes - 1}; drop it or raise world.n_attributes")
+            check(
+                0 <= j < self.n_attributes,
+                f"world.attribute_questions contains {j}, a missing attribute: the world has attributes "
+                f"0..{self.n_attributes - 1}; drop it or raise world.n_attributes",
+            )
         if self.attribute_questions is not None:
-            check(len(set(self.attribute_questions)) == len(self.attribute_questions),
-                  f"world.attribute_questions={self.attribute_questions} repeats an attribute; list each once")
-            check(self.size_attribute in self.attribute_questions,
-                  f"world.attribute_questions={self.attribute_questions} lacks world.size_attribute={self.size_attribute}: "
-                  "the shared size question needs it; add it")
+            check(
+                len(set(self.attribute_questions)) == len(self.attribute_questions),
+                f"world.attribute_questions={self.attribute_questions} repeats an attribute; list each once",
+            )
+            check(
+                self.size_attribute in self.attribute_questions,
+                f"world.attribute_questions={self.attribute_questions} lacks world.size_attribute={self.size_attribute}: "
+                "the shared size question needs it; add it",
+            )
         check(self.n_facts >= 1 and self.n_fact_answers >= 2, "world.n_facts must be >= 1 and world.n_fact_answers >= 2")
-        check(self.n_fact_answers**self.n_facts >= self.n_animals,
-              f"world.n_fact_answers**world.n_facts = {self.n_fact_answers}**{self.n_facts} < world.n_animals={self.n_animals}: "
-              "answer tuples cannot be unique per animal; raise world.n_facts or world.n_fact_answers")
+        check(
+            self.n_fact_answers**self.n_facts >= self.n_animals,
+            f"world.n_fact_answers**world.n_facts = {self.n_fact_answers}**{self.n_facts} < world.n_animals={self.n_animals}: "
+            "answer tuples cannot be unique per animal; raise world.n_facts or world.n_fact_answers",
+        )
         check(0 < self.sparse_density <= 1, f"world.sparse_density={self.sparse_density} must be in (0, 1]")
         check(0 <= self.attribute_margin < 1, f"world.attribute_margin={self.attribute_margin} must be in [0, 1)")
         check(self.modifier_shift >= 0, f"world.modifier_shift={self.modifier_shift} must be >= 0")
         check(0 <= self.holdout_fraction < 0.5, f"world.holdout_fraction={self.holdout_fraction} must be in [0, 0.5)")
         if self.d_model is not None:
-            check(self.n_attributes <= self.d_model,
-                  f"world.n_attributes={self.n_attributes} exceeds world.d_model={self.d_model}: attribute directions "
-                  "must be orthonormal in the residual stream; raise world.d_model (or set it to null) or lower world.n_attributes")
-            check(self.d_model >= self.min_d_model,
-                  f"world.d_model={self.d_model} is too small: {self.entity_dim} entity directions plus {self.context_dim_needed} "
-                  f"context directions (one per question, {N_MODIFIER_CHANNELS} for modifiers and the fact flag) need "
-                  f"d_model >= {self.min_d_model} (and >= {self.n_answers} answer tokens); raise world.d_model or set it to null (automatic)")
+            check(
+                self.n_attributes <= self.d_model,
+                f"world.n_attributes={self.n_attributes} exceeds world.d_model={self.d_model}: attribute directions "
+                "must be orthonormal in the residual stream; raise world.d_model (or set it to null) or lower world.n_attributes",
+            )
+            check(
+                self.d_model >= self.min_d_model,
+                f"world.d_model={self.d_model} is too small: {self.entity_dim} entity directions plus {self.context_dim_needed} "
+                f"context directions (one per question, {N_MODIFIER_CHANNELS} for modifiers and the fact flag) need "
+                f"d_model >= {self.min_d_model} (and >= {self.n_answers} answer tokens); "
+                "raise world.d_model or set it to null (automatic)",
+            )
         super().__post_init__()
 
     @property

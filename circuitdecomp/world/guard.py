@@ -34,8 +34,15 @@ class GroundTruthRead(RuntimeError):
     """A guarded ground-truth tensor was read."""
 
 
-_METADATA = {Tensor.shape.__get__, Tensor.dtype.__get__, Tensor.device.__get__, Tensor.ndim.__get__,
-             Tensor.dim, Tensor.size, Tensor.requires_grad.__get__}  # not __repr__: it prints the values
+_METADATA = {
+    Tensor.shape.__get__,
+    Tensor.dtype.__get__,
+    Tensor.device.__get__,
+    Tensor.ndim.__get__,
+    Tensor.dim,
+    Tensor.size,
+    Tensor.requires_grad.__get__,
+}  # not __repr__: it prints the values
 
 
 class Tripwire(Tensor):
@@ -56,9 +63,11 @@ class Tripwire(Tensor):
                 return func(*args, **(kwargs or {}))
         leaves, _ = tree_flatten((args, kwargs or {}))
         names = sorted({a.label for a in leaves if isinstance(a, Tripwire)}) or ["a ground-truth tensor"]
-        raise GroundTruthRead(f"{getattr(func, '__name__', func)} read the world's ground truth ({', '.join(names)}); "
-                              "a ground-truth-free target may use only tokens, answers, the fixed embeddings and the "
-                              "context projector (circuitdecomp/world/guard.py)")
+        raise GroundTruthRead(
+            f"{getattr(func, '__name__', func)} read the world's ground truth ({', '.join(names)}); "
+            "a ground-truth-free target may use only tokens, answers, the fixed embeddings and the "
+            "context projector (circuitdecomp/world/guard.py)"
+        )
 
 
 @dataclass(frozen=True)
@@ -74,9 +83,14 @@ class GuardedWorld(World):
 
 def guarded(world: World) -> GuardedWorld:
     """A copy of `world` in which reading any ground-truth tensor raises GroundTruthRead (see the module docstring)."""
-    geometry = Geometry(**{f.name: Tripwire.wrap(getattr(world.geometry, f.name), f"geometry.{f.name}")
-                           if f.name in GROUND_TRUTH_GEOMETRY else getattr(world.geometry, f.name)
-                           for f in dataclasses.fields(Geometry)})
+    geometry = Geometry(
+        **{
+            f.name: Tripwire.wrap(getattr(world.geometry, f.name), f"geometry.{f.name}")
+            if f.name in GROUND_TRUTH_GEOMETRY
+            else getattr(world.geometry, f.name)
+            for f in dataclasses.fields(Geometry)
+        }
+    )
     fields = {f.name: getattr(world, f.name) for f in dataclasses.fields(World)}
     fields |= {name: Tripwire.wrap(fields[name], name) for name in GROUND_TRUTH_FIELDS}
     return GuardedWorld(**(fields | {"geometry": geometry}), embeddings=world.entity_embeddings().clone())

@@ -1,6 +1,7 @@
 """Every question the world can ask, with its answer, question type and train/held-out split."""
 
 from dataclasses import dataclass, fields
+
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
@@ -32,24 +33,45 @@ class Examples:
         return {f"examples_{f.name}": getattr(self, f.name) for f in fields(self)}
 
 
-def _rows(vocab: Vocab, question: int, q_token: int, entity: Int[Tensor, " k"], modifier: int, answer: Int[Tensor, " k"],
-          qtype: QuestionType) -> dict[str, Tensor]:
+def _rows(
+    vocab: Vocab,
+    question: int,
+    q_token: int,
+    entity: Int[Tensor, " k"],
+    modifier: int,
+    answer: Int[Tensor, " k"],
+    qtype: QuestionType,
+) -> dict[str, Tensor]:
     k = entity.shape[0]
     tokens = torch.stack([torch.full((k,), q_token), torch.full((k,), vocab.modifier(Modifier(modifier))), entity], dim=1)
-    return {"tokens": tokens, "answer": answer, "qtype": torch.full((k,), int(qtype)), "entity": entity,
-            "question": torch.full((k,), question), "modifier": torch.full((k,), modifier)}
+    return {
+        "tokens": tokens,
+        "answer": answer,
+        "qtype": torch.full((k,), int(qtype)),
+        "entity": entity,
+        "question": torch.full((k,), question),
+        "modifier": torch.full((k,), modifier),
+    }
 
 
-def enumerate_examples(cfg: WorldConfig, vocab: Vocab, attribute_values: Float[Tensor, "n_animals n_attributes"],
-                       attribute_scale: Float[Tensor, " n_attributes"], house_sizes: Float[Tensor, " n_houses"],
-                       economy_sizes: Float[Tensor, " n_economies"], fact_answers: Int[Tensor, "n_animals n_facts"],
-                       gen: torch.Generator) -> Examples:
+def enumerate_examples(
+    cfg: WorldConfig,
+    vocab: Vocab,
+    attribute_values: Float[Tensor, "n_animals n_attributes"],
+    attribute_scale: Float[Tensor, " n_attributes"],
+    house_sizes: Float[Tensor, " n_houses"],
+    economy_sizes: Float[Tensor, " n_economies"],
+    fact_answers: Int[Tensor, "n_animals n_facts"],
+    gen: torch.Generator,
+) -> Examples:
     """All valid inputs. Attribute answers are yes iff the (shifted) value > 0; pairs within the margin are not asked."""
     parts: list[dict[str, Tensor]] = []
     animals = torch.arange(cfg.n_animals)
-    sized = [(animals, attribute_values[:, cfg.size_attribute], QuestionType.size_animal),
-             (vocab.house(0) + torch.arange(cfg.n_houses), house_sizes, QuestionType.size_house),
-             (vocab.economy(0) + torch.arange(cfg.n_economies), economy_sizes, QuestionType.size_economy)]
+    sized = [
+        (animals, attribute_values[:, cfg.size_attribute], QuestionType.size_animal),
+        (vocab.house(0) + torch.arange(cfg.n_houses), house_sizes, QuestionType.size_house),
+        (vocab.economy(0) + torch.arange(cfg.n_economies), economy_sizes, QuestionType.size_economy),
+    ]
     for q, j in enumerate(cfg.asked_attributes):
         margin = cfg.attribute_margin * attribute_scale[j]
         for m in Modifier:
@@ -60,12 +82,23 @@ def enumerate_examples(cfg: WorldConfig, vocab: Vocab, attribute_values: Float[T
                 groups = [(animals, attribute_values[:, j], QuestionType.attribute)]
             for ents, value, qtype in groups:
                 asked = value.abs() >= margin
-                parts.append(_rows(vocab, q, vocab.attribute_question(q), ents[asked], int(m),
-                                   torch.where(value[asked] > 0, vocab.yes, vocab.no), qtype))
+                parts.append(
+                    _rows(
+                        vocab,
+                        q,
+                        vocab.attribute_question(q),
+                        ents[asked],
+                        int(m),
+                        torch.where(value[asked] > 0, vocab.yes, vocab.no),
+                        qtype,
+                    )
+                )
     for f in range(cfg.n_facts):
         for m in Modifier:
             answers = vocab.fact_answer(f, 0) + fact_answers[:, f]
-            parts.append(_rows(vocab, len(cfg.asked_attributes) + f, vocab.fact_question(f), animals, int(m), answers, QuestionType.fact))
+            parts.append(
+                _rows(vocab, len(cfg.asked_attributes) + f, vocab.fact_question(f), animals, int(m), answers, QuestionType.fact)
+            )
     table = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     return Examples(**table, is_train=_split(cfg, table, gen))
 

@@ -28,14 +28,14 @@ def true_coefficients(world: World, entity: Int[Tensor, " batch"]) -> Coefficien
     return Coefficients(animals, world.entity_attribute_values()[entity], world.entity_kind_values()[entity])
 
 
-def ground_truth(world: World, examples: Examples) -> "GroundTruth":
-    """Animals (v_i, c_i(x)) and attributes (u_j, c'_j(x)) at the read-out position, scored also within the entity subspace."""
-    from circuitdecomp.evaluate.recovery import Family, GroundTruth
-
-    coef = true_coefficients(world, examples.entity)
-    families = (Family("animals", world.animal_directions, coef.animals),
-                Family("attributes", world.attribute_directions, coef.attributes))
-    return GroundTruth(families, world.geometry.entity_basis)
+def held_out_batch(world: World, n: int, run_seed: int) -> Examples:
+    """A fixed evaluation sample: held-out rows first, topped up with training rows (small worlds hold out few); at
+    most half the world's inputs, so that the features stage always has other inputs to fit on. Every stage that
+    scores on held-out inputs calls this with the run's seed, so they all score on the same inputs."""
+    ex = world.examples
+    order = torch.randperm(len(ex), generator=torch.Generator().manual_seed(run_seed + 11))
+    order = torch.cat([order[~ex.is_train[order]], order[ex.is_train[order]]])
+    return ex.subset(order[: min(n, len(ex) // 2)])
 
 
 class Sampler:

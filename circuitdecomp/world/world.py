@@ -31,13 +31,12 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from circuitdecomp.rundir import WORLD_FILE
 from circuitdecomp.runio import load_tensors, require_keys, save_tensors, to_plain
 from circuitdecomp.world.config import WorldConfig
 from circuitdecomp.world.geometry import Geometry, animal_coefficients, make_geometry, make_profiles
 from circuitdecomp.world.questions import Examples, enumerate_examples
 from circuitdecomp.world.vocab import Vocab
-
-WORLD_FILE = "world.safetensors"
 
 
 @dataclass(frozen=True)
@@ -85,34 +84,50 @@ class World:
         """Coefficient of each entity on each other-kind direction (1 for its own kind)."""
         kinds = torch.zeros(self.vocab.n_entities, self.cfg.n_kinds)
         col = 0
-        for start, count in [(self.cfg.n_animals, self.cfg.n_houses), (self.cfg.n_animals + self.cfg.n_houses, self.cfg.n_economies)]:
+        for start, count in [
+            (self.cfg.n_animals, self.cfg.n_houses),
+            (self.cfg.n_animals + self.cfg.n_houses, self.cfg.n_economies),
+        ]:
             if count:
-                kinds[start:start + count, col] = 1.0
+                kinds[start : start + count, col] = 1.0
                 col += 1
         return kinds
 
     def entity_embeddings(self) -> Float[Tensor, "n_entities d_model"]:
         """Fixed embedding rows: sum of attribute and kind coefficients times their directions."""
-        return self.entity_attribute_values() @ self.geometry.attribute_directions + self.entity_kind_values() @ self.geometry.kind_directions
+        return (
+            self.entity_attribute_values() @ self.geometry.attribute_directions
+            + self.entity_kind_values() @ self.geometry.kind_directions
+        )
 
     def tensors(self) -> dict[str, Tensor]:
         """Everything `world.safetensors` holds (keys documented in this module's docstring)."""
         return {
-            "attribute_directions": self.attribute_directions, "animal_directions": self.animal_directions,
-            "attribute_values": self.attribute_values, "profiles": self.profiles, "attribute_scale": self.attribute_scale,
-            "kind_directions": self.geometry.kind_directions, "context_basis": self.geometry.context_basis,
-            "house_sizes": self.house_sizes, "economy_sizes": self.economy_sizes,
-            "entity_embeddings": self.entity_embeddings(), "entity_attribute_values": self.entity_attribute_values(),
-            "entity_kind_values": self.entity_kind_values(), "fact_answers": self.fact_answers,
-            "asked_attributes": torch.tensor(self.cfg.asked_attributes, dtype=torch.long), **self.examples.as_dict(),
+            "attribute_directions": self.attribute_directions,
+            "animal_directions": self.animal_directions,
+            "attribute_values": self.attribute_values,
+            "profiles": self.profiles,
+            "attribute_scale": self.attribute_scale,
+            "kind_directions": self.geometry.kind_directions,
+            "context_basis": self.geometry.context_basis,
+            "house_sizes": self.house_sizes,
+            "economy_sizes": self.economy_sizes,
+            "entity_embeddings": self.entity_embeddings(),
+            "entity_attribute_values": self.entity_attribute_values(),
+            "entity_kind_values": self.entity_kind_values(),
+            "fact_answers": self.fact_answers,
+            "asked_attributes": torch.tensor(self.cfg.asked_attributes, dtype=torch.long),
+            **self.examples.as_dict(),
         }
 
     def circuits(self) -> dict[str, str]:
         """Which ideal circuit reads which direction (saved as metadata)."""
         size = self.cfg.size_attribute
-        return {"attribute question q": "u_{asked_attributes[q]} (sign of the value)",
-                "size question": f"u_{size} for animals, houses and economies, plus the modifier (question information)",
-                "fact question f": "v_i of the animal (a look-up; answers are random per animal)"}
+        return {
+            "attribute question q": "u_{asked_attributes[q]} (sign of the value)",
+            "size question": f"u_{size} for animals, houses and economies, plus the modifier (question information)",
+            "fact question f": "v_i of the animal (a look-up; answers are random per animal)",
+        }
 
 
 def fact_answer_table(cfg: WorldConfig, gen: torch.Generator) -> Int[Tensor, "n_animals n_facts"]:
@@ -148,8 +163,12 @@ def make_world(cfg: WorldConfig, seed: int) -> World:
 
 def save_world(world: World, out_dir: Path) -> Path:
     """Write `world.safetensors` into the run dir."""
-    meta = {"config": json.dumps(to_plain(world.cfg)), "seed": str(world.seed),
-            "size_attribute": str(world.cfg.size_attribute), "circuits": json.dumps(world.circuits())}
+    meta = {
+        "config": json.dumps(to_plain(world.cfg)),
+        "seed": str(world.seed),
+        "size_attribute": str(world.cfg.size_attribute),
+        "circuits": json.dumps(world.circuits()),
+    }
     return save_tensors(Path(out_dir) / WORLD_FILE, world.tensors(), meta)
 
 

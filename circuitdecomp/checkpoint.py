@@ -25,8 +25,17 @@ CKPT_DIR = "checkpoints"
 HEADROOM = 2  # free space needed before a checkpoint write, in checkpoint sizes (the temp file, then the old ones)
 # Settings that may change between a run and its resumption: they decide what is logged and when, not what is trained
 # (`compile` is not among them: a compiled kernel may round differently, and resuming must stay bit-identical).
-BOOKKEEPING = ("eval_every", "checkpoint_every", "pgd_steps", "pgd_step_size", "max_loss", "retry_lr_factor", "max_retries",
-               "log_every", "lookup_active_fraction")
+BOOKKEEPING = (
+    "eval_every",
+    "checkpoint_every",
+    "pgd_steps",
+    "pgd_step_size",
+    "max_loss",
+    "retry_lr_factor",
+    "max_retries",
+    "log_every",
+    "lookup_active_fraction",
+)
 
 
 @dataclass(frozen=True)
@@ -62,9 +71,18 @@ def _metadata(path: Path) -> dict[str, str]:
         raise BadRunFile(f"checkpoint {path} is unreadable ({err}); delete it to resume from the one before") from err
 
 
-def save_checkpoint(out_dir: Path, step: int, params: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer,
-                    generators: dict[str, torch.Generator], keep: int = 2, folder: str = CKPT_DIR,
-                    retry: Retry = Retry(), by_signal: bool = False, fingerprint: Mapping[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    out_dir: Path,
+    step: int,
+    params: dict[str, torch.nn.Parameter],
+    opt: torch.optim.Optimizer,
+    generators: dict[str, torch.Generator],
+    keep: int = 2,
+    folder: str = CKPT_DIR,
+    retry: Retry = Retry(),
+    by_signal: bool = False,
+    fingerprint: Mapping[str, Any] | None = None,
+) -> Path:
     """Write `<folder>/step_<N>.safetensors` atomically; keep the newest `keep` periodic ones and the newest of all.
 
     Fails with DiskFull before writing when the disk lacks room for it (so a nearly full disk stops a run at its
@@ -79,8 +97,13 @@ def save_checkpoint(out_dir: Path, step: int, params: dict[str, torch.nn.Paramet
     path.parent.mkdir(parents=True, exist_ok=True)
     size = sum(t.numel() * t.element_size() for t in tensors.values())
     check_free_space(path.parent, HEADROOM * size, f"a {size / 2**20:.1f} MB checkpoint")
-    meta = {"step": str(step), "params": json.dumps(list(params)), "lr_scale": repr(retry.lr_scale),
-            "retries": str(retry.count), "signal": str(int(by_signal))}
+    meta = {
+        "step": str(step),
+        "params": json.dumps(list(params)),
+        "lr_scale": repr(retry.lr_scale),
+        "retries": str(retry.count),
+        "signal": str(int(by_signal)),
+    }
     if fingerprint is not None:
         meta["fingerprint"] = json.dumps(to_plain(fingerprint))
     save_tensors(path, tensors, metadata=meta)
@@ -104,8 +127,13 @@ def read_retry(path: Path) -> Retry:
     return Retry(float(meta.get("lr_scale", "1.0")), int(meta.get("retries", "0")))
 
 
-def load_checkpoint(path: Path, params: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer,
-                    generators: dict[str, torch.Generator], fingerprint: Mapping[str, Any] | None = None) -> int:
+def load_checkpoint(
+    path: Path,
+    params: dict[str, torch.nn.Parameter],
+    opt: torch.optim.Optimizer,
+    generators: dict[str, torch.Generator],
+    fingerprint: Mapping[str, Any] | None = None,
+) -> int:
     """Restore everything `save_checkpoint` wrote; returns the step to continue from.
 
     With `fingerprint`, refuses a checkpoint written with other settings (listing them) before touching anything.
@@ -118,16 +146,20 @@ def load_checkpoint(path: Path, params: dict[str, torch.nn.Parameter], opt: torc
     if fingerprint is not None and "fingerprint" in meta:
         changed = config_differences(json.loads(meta["fingerprint"]), fingerprint)
         if changed:
-            raise BadRunFile(f"checkpoint {path} was written with other settings ({'; '.join(changed[:4])}): re-run with "
-                             "the settings it was made with to resume it, or use a new hydra.run.dir")
+            raise BadRunFile(
+                f"checkpoint {path} was written with other settings ({'; '.join(changed[:4])}): re-run with "
+                "the settings it was made with to resume it, or use a new hydra.run.dir"
+            )
     saved = {k.removeprefix("param/"): v for k, v in tensors.items() if k.startswith("param/")}
     missing, unexpected = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
     bad_shape = [k for k in params if k in saved and saved[k].shape != params[k].shape]
     lost_rng = [name for name in generators if f"rng/{name}" not in tensors]
     if missing or unexpected or bad_shape or lost_rng:
-        raise BadRunFile(f"checkpoint {path} does not fit this run (written with another config?): missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}, shape mismatch {bad_shape[:5]}, missing RNG streams {lost_rng}; "
-                         "re-run with the config it was made with, or use a new hydra.run.dir")
+        raise BadRunFile(
+            f"checkpoint {path} does not fit this run (written with another config?): missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, shape mismatch {bad_shape[:5]}, missing RNG streams {lost_rng}; "
+            "re-run with the config it was made with, or use a new hydra.run.dir"
+        )
     with torch.no_grad():
         for k, p in params.items():
             p.copy_(saved[k])
@@ -141,13 +173,15 @@ def load_checkpoint(path: Path, params: dict[str, torch.nn.Parameter], opt: torc
     return step
 
 
-def retry_or_raise(err: Exception, out_dir: Path | None, factor: float, max_retries: int, stage: str,
-                   folder: str = CKPT_DIR) -> Retry:
+def retry_or_raise(
+    err: Exception, out_dir: Path | None, factor: float, max_retries: int, stage: str, folder: str = CKPT_DIR
+) -> Retry:
     """Handle a DivergenceError `err`: prepare a retry (see `retry_from_last_good`) or re-raise it, saying why."""
     retry = None if out_dir is None else retry_from_last_good(out_dir, factor, max_retries, folder)
     if retry is None and factor > 0:
-        raise type(err)(f"{err} No retry left ({stage}.max_retries={max_retries}; retries need one process and a run "
-                        "directory).") from err
+        raise type(err)(
+            f"{err} No retry left ({stage}.max_retries={max_retries}; retries need one process and a run directory)."
+        ) from err
     if retry is None:
         raise err
     log.warning("%s Retry %d/%d from the last periodic checkpoint with lr x %g.", err, retry.count, max_retries, retry.lr_scale)
