@@ -1,5 +1,6 @@
 """Test-wide settings: wandb off and kept out of the home directory, a small thread count, seeded torch."""
 
+import contextlib
 import os
 import subprocess
 import tempfile
@@ -31,20 +32,38 @@ def _starts_project_code(args) -> bool:
     return any(w.startswith(ours) or os.path.basename(w) == "torchrun" for w in words)
 
 
-@pytest.fixture(autouse=True)
-def _integration_marker(request, monkeypatch):
-    """A test that starts one of the project's scripts in a subprocess must carry `@pytest.mark.integration`, so
-    that `pytest -m "not slow and not integration"` really runs in process only."""
-    if request.node.get_closest_marker("integration") is not None:
+@contextlib.contextmanager
+def _refusing_scripts(item):
+    """While an unmarked test (or a fixture it sets up) runs, starting a project script fails the test."""
+    if item.get_closest_marker("integration") is not None:
+        yield
         return
 
     class Refused(_REAL_POPEN):
         def __init__(self, args, *a, **kw):
             if _starts_project_code(args):
-                raise AssertionError(f"{request.node.nodeid} starts {args!r}: mark it @pytest.mark.integration")
+                raise AssertionError(f"{item.nodeid} starts {args!r}: mark it @pytest.mark.integration")
             super().__init__(args, *a, **kw)
 
-    monkeypatch.setattr(subprocess, "Popen", Refused)
+    subprocess.Popen = Refused
+    try:
+        yield
+    finally:
+        subprocess.Popen = _REAL_POPEN
+
+
+# A test that starts one of the project's scripts in a subprocess must carry `@pytest.mark.integration`, so that
+# `pytest -m "not slow and not integration"` runs in process only; set-up is covered too (module-scoped fixtures).
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    with _refusing_scripts(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    with _refusing_scripts(item):
+        return (yield)
 
 
 def tiny_mlp() -> torch.nn.Module:

@@ -308,6 +308,7 @@ def test_features_of_the_run_become_the_top_row(target_run, tmp_path):
         run_baselines(cfg, tmp_path / "run", NullLogger(), out_dir=tmp_path)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_script_needs_a_run_dir_and_runs_on_one(target_run, tmp_path):
     _, run_dir = target_run

@@ -65,6 +65,7 @@ def test_bad_values_name_the_key():
         load_config(_compose(["+decompose_mix.colour=1"]))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("override,key", [("+nonsense=1", "nonsense"), ("world.typo=3", "typo")])
 def test_script_rejects_unknown_key_in_one_line(override, key, tmp_path):
     proc = subprocess.run(
@@ -79,6 +80,7 @@ def test_script_rejects_unknown_key_in_one_line(override, key, tmp_path):
     assert len(lines) == 1 and key in lines[0], proc.stderr
 
 
+@pytest.mark.integration
 def test_multirun_sweeps_into_the_default_sweep_dir(tmp_path):
     """`-m` with the configured sweep dir (it once interpolated `${hydra:...}`, which Hydra cannot resolve there)."""
     proc = subprocess.run(

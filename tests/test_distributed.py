@@ -109,6 +109,7 @@ def test_batches_that_do_not_split_and_unsplittable_settings_are_refused():
         Shard(0, 2).check_config(DecompositionConfig(restarts=4))
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_torchrun_runs_an_example_with_one_wandb_run(tmp_path):
     """The real launcher: two processes, rank 0 alone logs to wandb and writes the run's files."""

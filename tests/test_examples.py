@@ -103,6 +103,7 @@ def test_offline_wandb_run_carries_config_metrics_figure_and_artifact(tmp_path, 
     assert not missing, f"{missing} not in the offline run after 30 s ({len(record)} bytes)"
 
 
+@pytest.mark.integration
 def test_multirun_sweep_then_collect(tmp_path):
     """A Hydra multirun over a decomposition hyperparameter, then scripts/collect.py's table and plot."""
     sweep = tmp_path / "sweep"

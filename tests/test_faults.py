@@ -85,6 +85,7 @@ def test_nearly_full_disk_fails_before_any_work(capsys, tmp_path, monkeypatch):
     assert "only 5 MB free" in line and "needs 200 MB" in line
 
 
+@pytest.mark.integration
 def test_script_prints_no_traceback_unless_verbose(tmp_path):
     def run(*extra):
         return subprocess.run(
@@ -100,6 +101,7 @@ def test_script_prints_no_traceback_unless_verbose(tmp_path):
     assert "Traceback" in loud.stderr and "ConfigError: decomposition.lr=-1.0 must be > 0" in loud.stderr
 
 
+@pytest.mark.integration
 def test_config_error_found_inside_a_stage_is_one_line(tmp_path):
     proc = subprocess.run(
         [sys.executable, "scripts/decompose.py", "target=trained", "tracking.mode=disabled", f"hydra.run.dir={tmp_path}"],
@@ -220,6 +222,7 @@ def test_ground_truth_file_with_missing_keys_names_file_and_keys(tmp_path):
         load_world_tensors(tmp_path)
 
 
+@pytest.mark.integration
 def test_corrupt_target_in_run_dir_is_one_line_exit_2(tmp_path):
     (tmp_path / "target.safetensors").write_bytes(b"not a tensor file")
     proc = subprocess.run(

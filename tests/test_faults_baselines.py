@@ -264,6 +264,7 @@ def test_missing_run_directory_is_one_line_exit_2(tmp_path, monkeypatch, capsys,
     assert code == 2 and err.strip() == message.format(tmp=tmp_path), err
 
 
+@pytest.mark.integration
 def test_script_sigterm_mid_sweep_then_rerun_matches_uninterrupted(target_run, tmp_path, monkeypatch, capsys, caplog):
     """scripts/baselines.py on a real subprocess: SIGTERM once the first SAE is saved, exit 130; the same command again
     (in this process, to save a start-up) resumes and ends with the outputs of an uninterrupted run."""

@@ -130,6 +130,7 @@ def test_same_seed_and_config_give_identical_target(tiny_world):
     assert _same(a, b) and not _same(a, c)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_target_script_sigterm_then_rerun_matches_uninterrupted(tmp_path):
     """The whole train_target.py on a real subprocess: SIGTERM mid-training, exit 130, re-run, same target."""

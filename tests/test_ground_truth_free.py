@@ -70,6 +70,7 @@ def test_templated_target_is_caught_reading_ground_truth(world):
         train_target(guarded(world), _quick(cfg), seed=0, logger=NullLogger())
 
 
+@pytest.mark.integration
 def test_ladder_script_prints_one_column_per_run_and_refuses_a_bad_argument(tmp_path):
     import json
     import subprocess

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from conftest import REPO
 from safetensors.torch import load_file
@@ -34,6 +35,7 @@ def _run(run_dir, **kw) -> subprocess.Popen:
     )
 
 
+@pytest.mark.integration
 def test_sigterm_then_rerun_matches_uninterrupted(tmp_path):
     straight = _run(tmp_path / "straight")
     interrupted = _run(tmp_path / "interrupted")

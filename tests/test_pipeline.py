@@ -111,6 +111,7 @@ def run_dir(tmp_path_factory) -> Path:
     return d
 
 
+@pytest.mark.integration
 def test_every_artifact_and_metric_key(run_dir: Path) -> None:
     for name in FILES:
         assert (run_dir / name).exists(), name
@@ -147,6 +148,7 @@ def _n_world_inputs(run_dir: Path) -> int:
     return int(load_tensors(run_dir / "world.safetensors")["examples_answer"].shape[0])
 
 
+@pytest.mark.integration
 def test_rerun_reuses_finished_stages(run_dir: Path) -> None:
     """The same command again resumes: target and decomposition are loaded, not rebuilt."""
     before = {name: (run_dir / name).read_bytes() for name in ("target.safetensors", "decomposition.safetensors")}
@@ -163,6 +165,7 @@ def test_rerun_reuses_finished_stages(run_dir: Path) -> None:
     assert again["time/features_s"] != took["time/features_s"]
 
 
+@pytest.mark.integration
 def test_a_toy_target_is_refused_before_any_work(tmp_path: Path) -> None:
     proc = _run(tmp_path, "target=tms")
     assert proc.returncode == 2

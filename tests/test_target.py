@@ -107,6 +107,7 @@ def test_planted_width_is_checked(world):
         planted_model(world, TransformerTargetConfig(kind=TargetKind.planted, d_mlp=10), seed=0)
 
 
+@pytest.mark.integration
 def test_script_writes_world_target_metrics_and_figure(tmp_path):
     args = [
         "target=trained",

@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_world_mini_recovers_both_families_one_to_one_beside_the_controls(tmp_path):
     stages = "stages=[target,decompose,features,random_start,report]"  # the SAE sweep has its own tests
