@@ -148,7 +148,8 @@ def hydra_script(job: str) -> Callable[[Task], Callable[[], None]]:
             if not any(a in sys.argv for a in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c")):
                 precheck_overrides(sys.argv[1:])
             if not any(a.startswith("hydra.job.name=") for a in sys.argv):
-                sys.argv.append(f"hydra.job.name={job}")  # run dirs are runs/<script>/..., not runs/cli/...
+                # run dirs are runs/<script>/..., not runs/cli/...; first, so that it precedes any flags (--cfg job --resolve)
+                sys.argv.insert(1, f"hydra.job.name={job}")
             main()
 
         return entry

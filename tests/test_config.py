@@ -105,6 +105,15 @@ def test_multirun_sweeps_into_the_default_sweep_dir(tmp_path):
     assert [p.parent.name for p in jobs] == ["0", "1"]
 
 
+@pytest.mark.integration
+def test_cfg_job_resolve_prints_the_resolved_config_after_the_overrides():
+    """`--cfg job --resolve` after the overrides (the docs' form): the job-name override the CLI adds goes first."""
+    cmd = [sys.executable, "scripts/decompose.py", "experiment=tms_5-2", "decomposition.steps=7", "--cfg", "job", "--resolve"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "steps: 7" in proc.stdout and "${" not in proc.stdout
+
+
 def test_spd_steps_grow_with_the_worlds_questions_and_yield_to_an_override():
     """configs/decomposition/world.yaml: max(4000, 112 x questions); an explicit decomposition.steps wins."""
     steps = {w: load_config(_compose([f"world={w}"])).decomposition.steps for w in ("demo", "seed")}
