@@ -18,13 +18,13 @@ from circuitdecomp.evaluate.config import EvaluationConfig
 from circuitdecomp.features.config import FeaturesConfig
 from circuitdecomp.frozen import Frozen, check
 from circuitdecomp.target.config import (
-    QUESTION_TYPES,
     ResidMLPConfig,
     TargetConfig,
     TargetKind,
     TMSConfig,
     TransformerTargetConfig,
-    default_question_mix,
+    check_mix,
+    default_decompose_mix,
 )
 from circuitdecomp.tracking import TrackingConfig
 from circuitdecomp.world.config import WorldConfig
@@ -56,18 +56,13 @@ class Config(Frozen):
     name: str = "run"
     stages: list[Stage] = field(default_factory=lambda: list(Stage))  # scripts/pipeline.py: which stages to (re-)run
     # Question types of the decomposition's batches (as target.question_mix; override a type with decompose_mix.fact=0.5).
-    # Rare circuits (one look-up per animal) need their inputs often enough per batch to win against the minimality
-    # term (docs/results_log.md).
-    decompose_mix: dict[str, float] = field(default_factory=default_question_mix)
+    # The defaults are each type's `decompose_weight` in circuitdecomp/world/question_types.py: rare circuits (one
+    # look-up per animal) need their inputs often enough per batch to win against the minimality term.
+    decompose_mix: dict[str, float] = field(default_factory=default_decompose_mix)
 
     def __post_init__(self) -> None:
         check(self.seed >= 0, f"seed={self.seed} must be >= 0")
-        unknown = sorted(set(self.decompose_mix) - set(QUESTION_TYPES))
-        check(not unknown, f"decompose_mix has unknown question types {unknown}; known: {QUESTION_TYPES}")
-        check(
-            all(w >= 0 for w in self.decompose_mix.values()) and sum(self.decompose_mix.values()) > 0,
-            f"decompose_mix={dict(self.decompose_mix)} needs non-negative weights with a positive sum",
-        )
+        check_mix(self.decompose_mix, "decompose_mix")
         check(
             re.fullmatch(r"[\w.-]+", self.name) is not None,
             f"name={self.name!r} must be a non-empty run name of letters, digits, '_', '-' or '.' (it names runs and artifacts)",

@@ -9,7 +9,7 @@ from circuitdecomp.rundir import WORLD_FILE
 from circuitdecomp.runio import load_tensors
 from circuitdecomp.world.config import ProfileKind, WorldConfig
 from circuitdecomp.world.geometry import nearest_neighbour_cos
-from circuitdecomp.world.questions import QuestionType
+from circuitdecomp.world.question_types import NAMES, QUESTION_TYPES, QuestionType
 from circuitdecomp.world.sampler import Sampler, true_coefficients
 from circuitdecomp.world.vocab import READOUT_POS, Modifier
 from circuitdecomp.world.world import make_world, save_world
@@ -119,6 +119,47 @@ def test_sampler_respects_split_and_mix(world):
     share = (batch.qtype == int(QuestionType.fact)).float().mean().item()
     assert 0.4 < share < 0.6
     assert not (batch.qtype == int(QuestionType.size_animal)).any()
+
+
+def test_every_registered_type_has_rows_with_its_declared_answers(world):
+    ex, vocab = world.examples, world.vocab
+    assert [q.name for q in QuestionType] == NAMES and [int(q) for q in QuestionType] == list(range(len(NAMES)))
+    assert set(ex.qtype.unique().tolist()) == set(range(len(QUESTION_TYPES)))  # no row of an unregistered type
+    for qtype, spec in enumerate(QUESTION_TYPES):
+        rows = ex.subset(ex.qtype == qtype)
+        assert len(rows) > 0, spec.name
+        assert set(rows.answer.unique().tolist()) <= set(spec.answers(vocab)), spec.name
+        assert spec.description and spec.reads in ("attributes", "animals")
+    # the table's order, which the split's draws depend on: question, then modifier, then type id
+    key = (ex.question * 3 + ex.modifier + 1) * len(QUESTION_TYPES) + ex.qtype
+    assert (key[1:] >= key[:-1]).all()
+
+
+def test_mixes_name_every_registered_type():
+    from conftest import REPO
+    from hydra import compose, initialize_config_dir
+
+    from circuitdecomp.config import load_config
+
+    with initialize_config_dir(config_dir=f"{REPO}/configs", version_base="1.3"):
+        cfg = load_config(compose("config"))
+    assert list(cfg.decompose_mix) == NAMES and list(cfg.target.question_mix) == NAMES
+    assert cfg.decompose_mix == {t.name: t.decompose_weight for t in QUESTION_TYPES}
+    assert cfg.target.question_mix == {t.name: t.target_weight for t in QUESTION_TYPES}
+
+
+def test_an_unregistered_question_type_is_refused_naming_the_known_ones(world):
+    from circuitdecomp.config import Config
+    from circuitdecomp.target.config import TransformerTargetConfig
+
+    for refuse in (
+        lambda: TransformerTargetConfig(question_mix={"colour": 1.0}),
+        lambda: Config(world=TINY, target=TransformerTargetConfig(), decompose_mix={"fact": 1.0, "colour": 1.0}),
+        lambda: Sampler(world.examples, {"colour": 1.0}, seed=0),
+    ):
+        with pytest.raises(ValueError, match="colour") as err:
+            refuse()
+        assert all(name in str(err.value) for name in NAMES), str(err.value)
 
 
 def test_true_coefficients_reconstruct_the_embedding(world):

@@ -22,9 +22,9 @@ from circuitdecomp.decomp.model import ComponentModel
 from circuitdecomp.decomp.train import ci_l0
 from circuitdecomp.runio import Metrics, save_figure, update_metrics
 from circuitdecomp.tracking import Logger
+from circuitdecomp.world.question_types import NAMES
 from circuitdecomp.world.questions import Examples
 from circuitdecomp.world.sampler import Sampler, held_out_batch
-from circuitdecomp.world.vocab import QuestionType
 from circuitdecomp.world.world import World
 
 log = logging.getLogger(__name__)
@@ -118,10 +118,10 @@ def faithfulness_metrics(cm: ComponentModel, examples: Examples) -> Metrics:
         out[f"decomp/faithfulness/{name}/agreement"] = (masked.argmax(-1) == target.argmax(-1)).float().mean().item()
         if not remainder:  # where the components fall short, by question type
             right = masked.argmax(-1) == answer
-            for q in QuestionType:
-                rows = examples.qtype == int(q)
+            for qtype, qname in enumerate(NAMES):
+                rows = examples.qtype == qtype
                 if rows.any():
-                    out[f"decomp/faithfulness/{name}/accuracy/{q.name}"] = right[rows].float().mean().item()
+                    out[f"decomp/faithfulness/{name}/accuracy/{qname}"] = right[rows].float().mean().item()
     cm.run_target(examples.tokens)  # masks = CI itself: what rounding costs is the gap to the rounded score above
     soft = cm(examples.tokens, ci_masks(cm.causal_importance().lower, False))
     out["decomp/faithfulness/ci_masks/relative_accuracy"] = (soft.argmax(-1) == answer).float().mean().item() / max(
@@ -167,15 +167,15 @@ def delta_share(cm: ComponentModel, tokens: Int[Tensor, "batch seq"]) -> Metrics
 
 @torch.no_grad()
 def ci_by_question(cm: ComponentModel, examples: Examples) -> dict[str, Float[Tensor, "n_qtypes C"]]:
-    """Mean CI of each component per question type (rows in QuestionType order); the largest over masked positions."""
+    """Mean CI of each component per question type (rows in registry order); the largest over masked positions."""
     cm.run_target(examples.tokens)
     ci = cm.causal_importance().lower
     out = {}
     for path, g in ci.items():
         g = g.amax(1) if g.dim() == 3 else g
         rows = [
-            g[examples.qtype == int(q)].mean(0) if bool((examples.qtype == int(q)).any()) else torch.zeros(g.shape[-1])
-            for q in QuestionType
+            g[examples.qtype == q].mean(0) if bool((examples.qtype == q).any()) else torch.zeros(g.shape[-1])
+            for q in range(len(NAMES))
         ]
         out[path] = torch.stack(rows)
     return out
@@ -195,7 +195,7 @@ def ci_question_figure(by_q: dict[str, Tensor], live: dict[str, Tensor], title: 
         sub = m[:, idx] / m[:, idx].max(0).values.clamp_min(1e-12)
         order = np.lexsort((-sub.max(0).values.numpy(), sub.argmax(0).numpy()))
         ax.imshow(sub[:, order].numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_yticks(range(len(QuestionType)), [q.name for q in QuestionType], fontsize=7)
+        ax.set_yticks(range(len(NAMES)), NAMES, fontsize=7)
         ax.set_title(
             f"{path}: {idx.numel()} live components (mean CI per question type, largest over "
             "masked positions; each column scaled to its maximum)",

@@ -5,6 +5,7 @@ from typing import Any
 
 from circuitdecomp.config import Stage
 from circuitdecomp.runio import load_metrics, write_text
+from circuitdecomp.world.question_types import NAMES
 
 REPORT_FILE = "report.md"
 
@@ -152,10 +153,7 @@ def write_report(run_dir: Path, title: str) -> Path:
 
 # The ladder of targets (docs/targets.md): one column per finished pipeline run, one row per number the issue asks for
 LADDER_ROWS = (
-    *(
-        (f"target/accuracy/{q}", f"held-out accuracy: {q}")
-        for q in ("attribute", "size_animal", "size_house", "size_economy", "fact")
-    ),
+    *((f"target/accuracy/{q}", f"held-out accuracy: {q}") for q in NAMES),  # every registered question type
     ("target/circuits/animals_per_lookup_unit", "target: animals per look-up unit"),
     ("target/circuits/attribute_read_purity", "target: attribute read purity"),
     ("target/mechanisms/attribute_reads/keep_only_u", "target: attribute accuracy, entity reduced to its u_j part"),

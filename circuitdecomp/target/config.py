@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from circuitdecomp.frozen import Frozen, check
-from circuitdecomp.world.vocab import QuestionType
+from circuitdecomp.world.question_types import check_mix, default_mix
 
 
 class TargetKind(str, Enum):
@@ -72,12 +72,14 @@ class ResidMLPConfig(TargetConfig):
         super().__post_init__()
 
 
-QUESTION_TYPES = [q.name for q in QuestionType]
-
-
 def default_question_mix() -> dict[str, float]:
-    # facts are ~10% of all inputs but need memorising per animal: sample them a quarter of the time
-    return {"attribute": 0.45, "size_animal": 0.15, "size_house": 0.1, "size_economy": 0.05, "fact": 0.25}
+    """Target training's question mix: each registered type's `target_weight` (world/question_types.py)."""
+    return default_mix("target")
+
+
+def default_decompose_mix() -> dict[str, float]:
+    """The decomposition's question mix (`decompose_mix`): each registered type's `decompose_weight`."""
+    return default_mix("decompose")
 
 
 @dataclass
@@ -171,10 +173,5 @@ class TransformerTargetConfig(TargetConfig):
         check(
             0 < self.lookup_active_fraction < 1, f"target.lookup_active_fraction={self.lookup_active_fraction} must be in (0, 1)"
         )
-        unknown = sorted(set(self.question_mix) - set(QUESTION_TYPES))
-        check(not unknown, f"target.question_mix has unknown question types {unknown}; known: {list(QUESTION_TYPES)}")
-        check(
-            all(w >= 0 for w in self.question_mix.values()) and sum(self.question_mix.values()) > 0,
-            f"target.question_mix={dict(self.question_mix)} needs non-negative weights with a positive sum",
-        )
+        check_mix(self.question_mix, "target.question_mix")
         super().__post_init__()

@@ -6,8 +6,8 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from circuitdecomp.target.model import readout_logits
+from circuitdecomp.world.question_types import NAMES, QuestionType
 from circuitdecomp.world.questions import Examples
-from circuitdecomp.world.vocab import QuestionType
 from circuitdecomp.world.world import World
 
 
@@ -18,13 +18,13 @@ def predict(model: nn.Module, examples: Examples, batch_size: int = 4096) -> Flo
 
 
 def accuracy_by_type(logits: Float[Tensor, "n d_vocab"], examples: Examples, prefix: str) -> dict[str, float]:
-    """`<prefix>/<question_type>` accuracies (argmax over the whole vocabulary), for types that have rows."""
+    """`<prefix>/<question_type>` accuracies (argmax over the whole vocabulary), for registered types that have rows."""
     correct = logits.argmax(-1) == examples.answer
     out = {}
-    for qtype in QuestionType:
-        rows = examples.qtype == int(qtype)
+    for qtype, name in enumerate(NAMES):
+        rows = examples.qtype == qtype
         if rows.any():
-            out[f"{prefix}/{qtype.name}"] = correct[rows].float().mean().item()
+            out[f"{prefix}/{name}"] = correct[rows].float().mean().item()
     return out
 
 

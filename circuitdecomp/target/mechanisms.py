@@ -6,8 +6,9 @@ from torch import Tensor, nn
 
 from circuitdecomp.target.evaluate import accuracy_by_type, predict
 from circuitdecomp.target.model import readout_logits
+from circuitdecomp.world.question_types import QuestionType
 from circuitdecomp.world.questions import Examples
-from circuitdecomp.world.vocab import READOUT_POS, QuestionType
+from circuitdecomp.world.vocab import READOUT_POS
 from circuitdecomp.world.world import World
 
 HOOK = "blocks.0.hook_resid_mid"  # the residual the first MLP (and, through the skip path, the unembedding) reads
@@ -43,9 +44,10 @@ def probe_set(world: World, max_rows: int = 12_000, min_attribute_rows: int = 2_
     """Every size and fact row plus a random sample of attribute rows (ablations need not see all of them)."""
     ex = world.examples
     gen = torch.Generator().manual_seed(seed)
-    attr = (ex.qtype == int(QuestionType.attribute)).nonzero().squeeze(1)
-    attr = attr[torch.randperm(attr.numel(), generator=gen)[: max(min_attribute_rows, max_rows - int((ex.qtype != 0).sum()))]]
-    return ex.subset(torch.cat([(ex.qtype != int(QuestionType.attribute)).nonzero().squeeze(1), attr]))
+    is_attr = ex.qtype == int(QuestionType.attribute)
+    attr = is_attr.nonzero().squeeze(1)
+    attr = attr[torch.randperm(attr.numel(), generator=gen)[: max(min_attribute_rows, max_rows - int((~is_attr).sum()))]]
+    return ex.subset(torch.cat([(~is_attr).nonzero().squeeze(1), attr]))
 
 
 def mechanism_metrics(model: nn.Module, world: World, n_animals_ablated: int = 8, seed: int = 0) -> dict[str, float]:

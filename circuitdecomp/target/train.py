@@ -27,8 +27,9 @@ from circuitdecomp.target.config import TransformerTargetConfig
 from circuitdecomp.target.model import build_model, n_templates, question_of_units, readout_forward
 from circuitdecomp.tracking import Logger
 from circuitdecomp.world.geometry import nearest_neighbour_cos
+from circuitdecomp.world.question_types import ids_reading
 from circuitdecomp.world.sampler import Sampler
-from circuitdecomp.world.vocab import READOUT_POS, QuestionType
+from circuitdecomp.world.vocab import READOUT_POS
 from circuitdecomp.world.world import World
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,8 @@ def _train_once(
     group_question = question_of_units(world, cfg)
     groups = slice(n_tpl, n_tpl + len(group_question))
     shared = slice(groups.stop, None)
+    # act_l1 presses towards one unit per animal on the look-up questions: the types whose answers read v_i (facts)
+    lookup_types = ids_reading("animals")
     start = time.perf_counter()
     loss_v, acc_v = float("nan"), float("nan")
     with stop_on_signals() as stop, model.hooks(fwd_hooks=hooks), progress(cfg.train_steps, "train target", initial=first) as bar:
@@ -221,12 +224,12 @@ def _train_once(
             else:
                 logits = model(batch.tokens)[:, READOUT_POS]
             ce = F.cross_entropy(logits, batch.answer, label_smoothing=cfg.label_smoothing)
-            is_fact = (batch.qtype == int(QuestionType.fact)).float()
-            l1 = sum(_weighted_l1(h, model.blocks[layer], is_fact) for layer, h in enumerate(acts))
-            gate = _weighted_l1(acts[0][:, :n_tpl], model.blocks[0], 1.0 - is_fact, units=slice(0, n_tpl))
-            attr_l1 = _weighted_l1(acts[0][:, shared], model.blocks[0], 1.0 - is_fact, units=shared)
+            is_lookup = torch.isin(batch.qtype, lookup_types).float()
+            l1 = sum(_weighted_l1(h, model.blocks[layer], is_lookup) for layer, h in enumerate(acts))
+            gate = _weighted_l1(acts[0][:, :n_tpl], model.blocks[0], 1.0 - is_lookup, units=slice(0, n_tpl))
+            attr_l1 = _weighted_l1(acts[0][:, shared], model.blocks[0], 1.0 - is_lookup, units=shared)
             off_question = (batch.tokens[:, 0, None] != group_question[None, :]).float()  # [batch, group units]
-            q_gate = _weighted_l1(acts[0][:, groups] * off_question, model.blocks[0], torch.ones_like(is_fact), units=groups)
+            q_gate = _weighted_l1(acts[0][:, groups] * off_question, model.blocks[0], torch.ones_like(is_lookup), units=groups)
             loss = ce + cfg.act_l1 * l1 + cfg.lookup_gate_l1 * gate + cfg.attribute_l1 * attr_l1 + cfg.question_gate_l1 * q_gate
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,4 +1,8 @@
-"""Every question the world can ask, with its answer, question type and train/held-out split."""
+"""Every question the world can ask, with its answer, question type and train/held-out split.
+
+Each type's rows and held-out rule come from the registry (`question_types.QUESTION_TYPES`); this module only
+puts them into one table, in a fixed order, and draws the split.
+"""
 
 from dataclasses import dataclass, fields
 
@@ -7,7 +11,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from circuitdecomp.world.config import WorldConfig
-from circuitdecomp.world.vocab import Modifier, QuestionType, Vocab
+from circuitdecomp.world.question_types import QUESTION_TYPES, Rows, SplitDraws, WorldTables
+from circuitdecomp.world.vocab import Vocab
 
 
 @dataclass(frozen=True)
@@ -33,24 +38,17 @@ class Examples:
         return {f"examples_{f.name}": getattr(self, f.name) for f in fields(self)}
 
 
-def _rows(
-    vocab: Vocab,
-    question: int,
-    q_token: int,
-    entity: Int[Tensor, " k"],
-    modifier: int,
-    answer: Int[Tensor, " k"],
-    qtype: QuestionType,
-) -> dict[str, Tensor]:
-    k = entity.shape[0]
-    tokens = torch.stack([torch.full((k,), q_token), torch.full((k,), vocab.modifier(Modifier(modifier))), entity], dim=1)
+def _table(vocab: Vocab, rows: Rows, qtype: int) -> dict[str, Tensor]:
+    """The columns of one block of rows of question type `qtype`."""
+    k = rows.entity.shape[0]
+    tokens = torch.stack([torch.full((k,), rows.token), torch.full((k,), vocab.modifier(rows.modifier)), rows.entity], dim=1)
     return {
         "tokens": tokens,
-        "answer": answer,
-        "qtype": torch.full((k,), int(qtype)),
-        "entity": entity,
-        "question": torch.full((k,), question),
-        "modifier": torch.full((k,), modifier),
+        "answer": rows.answer,
+        "qtype": torch.full((k,), qtype),
+        "entity": rows.entity,
+        "question": torch.full((k,), rows.question),
+        "modifier": torch.full((k,), int(rows.modifier)),
     }
 
 
@@ -64,56 +62,29 @@ def enumerate_examples(
     fact_answers: Int[Tensor, "n_animals n_facts"],
     gen: torch.Generator,
 ) -> Examples:
-    """All valid inputs. Attribute answers are yes iff the (shifted) value > 0; pairs within the margin are not asked."""
-    parts: list[dict[str, Tensor]] = []
-    animals = torch.arange(cfg.n_animals)
-    sized = [
-        (animals, attribute_values[:, cfg.size_attribute], QuestionType.size_animal),
-        (vocab.house(0) + torch.arange(cfg.n_houses), house_sizes, QuestionType.size_house),
-        (vocab.economy(0) + torch.arange(cfg.n_economies), economy_sizes, QuestionType.size_economy),
-    ]
-    for q, j in enumerate(cfg.asked_attributes):
-        margin = cfg.attribute_margin * attribute_scale[j]
-        for m in Modifier:
-            if j == cfg.size_attribute:
-                # the shared size question: modifiers shift the value, and houses/economies are asked too
-                groups = [(e, v + cfg.modifier_shift * attribute_scale[j] * int(m), t) for e, v, t in sized]
-            else:
-                groups = [(animals, attribute_values[:, j], QuestionType.attribute)]
-            for ents, value, qtype in groups:
-                asked = value.abs() >= margin
-                parts.append(
-                    _rows(
-                        vocab,
-                        q,
-                        vocab.attribute_question(q),
-                        ents[asked],
-                        int(m),
-                        torch.where(value[asked] > 0, vocab.yes, vocab.no),
-                        qtype,
-                    )
-                )
-    for f in range(cfg.n_facts):
-        for m in Modifier:
-            answers = vocab.fact_answer(f, 0) + fact_answers[:, f]
-            parts.append(
-                _rows(vocab, len(cfg.asked_attributes) + f, vocab.fact_question(f), animals, int(m), answers, QuestionType.fact)
-            )
+    """All valid inputs: every registered type's rows, ordered by question index, then modifier, then type id
+    (the order world files have always had: the split's draws depend on it)."""
+    tables = WorldTables(cfg, vocab, attribute_values, attribute_scale, house_sizes, economy_sizes, fact_answers)
+    blocks = [(rows, qtype) for qtype, spec in enumerate(QUESTION_TYPES) for rows in spec.rows(tables)]
+    blocks.sort(key=lambda b: (b[0].question, int(b[0].modifier), b[1]))
+    parts = [_table(vocab, rows, qtype) for rows, qtype in blocks]
     table = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     return Examples(**table, is_train=_split(cfg, table, gen))
 
 
 def _split(cfg: WorldConfig, table: dict[str, Tensor], gen: torch.Generator) -> Bool[Tensor, " n"]:
-    """Held-out rows: whole (attribute question, entity) pairs, and modified variants of (fact, animal) pairs.
+    """Training rows: each type's `held_out` rule picks its held-out rows from draws shared by every type.
 
-    Holding out every modifier of an attribute pair means only a circuit that reads the attribute direction
-    can answer it. A fact cannot be inferred, so its plain variant always stays in training and only the
-    'tiny'/'huge' variants are held out: they test that look-ups ignore the modifier.
+    Both draws are made for the whole table whatever the types (a held-out pair per (question, entity), a held-out
+    flag per row), so a type's rule changes which draws it reads, never the draws of the others.
     """
     n_entities = cfg.n_animals + cfg.n_houses + cfg.n_economies
     pair = table["question"] * n_entities + table["entity"]
     held_pair = torch.rand(cfg.n_questions * n_entities, generator=gen) < cfg.holdout_fraction
     held_row = torch.rand(pair.shape[0], generator=gen) < cfg.holdout_fraction
-    is_fact = table["qtype"] == int(QuestionType.fact)
-    held = torch.where(is_fact, held_row & (table["modifier"] != 0), held_pair[pair])
+    draws = SplitDraws(pair=held_pair[pair], row=held_row, modifier=table["modifier"])
+    held = torch.zeros_like(held_row)
+    for qtype, spec in enumerate(QUESTION_TYPES):
+        mine = table["qtype"] == qtype
+        held[mine] = spec.held_out(draws)[mine]
     return ~held

@@ -7,7 +7,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from circuitdecomp.world.questions import Examples, QuestionType
+from circuitdecomp.world.question_types import type_id
+from circuitdecomp.world.questions import Examples
 from circuitdecomp.world.world import World
 
 
@@ -39,13 +40,16 @@ def held_out_batch(world: World, n: int, run_seed: int) -> Examples:
 
 
 class Sampler:
-    """Draws training batches with a fixed share of each question type (facts are rare among all inputs)."""
+    """Draws training batches with a fixed share of each question type (facts are rare among all inputs).
+
+    `mix` maps registered type names (world/question_types.py) to weights; types it leaves out are not drawn.
+    """
 
     def __init__(self, examples: Examples, mix: Mapping[str, float], seed: int) -> None:
         train = examples.subset(examples.is_train)
         self.pools = {}
         for name, weight in mix.items():
-            rows = (train.qtype == int(QuestionType[name])).nonzero().squeeze(1)
+            rows = (train.qtype == type_id(name)).nonzero().squeeze(1)
             if weight > 0 and rows.numel() > 0:  # a world without economies simply has no such pool
                 self.pools[name] = (weight, rows)
         if not self.pools:

@@ -17,16 +17,6 @@ class Modifier(IntEnum):
     huge = 1
 
 
-class QuestionType(IntEnum):
-    """What a question tests; accuracy is reported per type (`target/accuracy/<name>`)."""
-
-    attribute = 0  # a non-size attribute of an animal: reads u_j
-    size_animal = 1  # the shared size reader, on animals (modifiers shift the size)
-    size_house = 2  # ... on houses
-    size_economy = 3  # ... on economies
-    fact = 4  # an animal-specific fact: only a look-up of v_i can answer it
-
-
 @dataclass(frozen=True)
 class Vocab:
     """Contiguous id ranges, in this order: animals, houses, economies, questions, modifiers, answers."""
