@@ -148,10 +148,16 @@ def hydra_script(job: str) -> Callable[[Task], Callable[[], None]]:
             if not any(a in sys.argv for a in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c")):
                 precheck_overrides(sys.argv[1:])
             if not any(a.startswith("hydra.job.name=") for a in sys.argv):
-                # run dirs are runs/<script>/..., not runs/cli/...; first, so that it precedes any flags (--cfg job --resolve)
-                sys.argv.insert(1, f"hydra.job.name={job}")
+                # run dirs are runs/<script>/..., not runs/cli/...; beside the user's overrides, since argparse refuses
+                # overrides on both sides of a flag (`experiment=x --cfg job --resolve`, `-m experiment=x`)
+                sys.argv.insert(_first_override(sys.argv), f"hydra.job.name={job}")
             main()
 
         return entry
 
     return wrap
+
+
+def _first_override(argv: list[str]) -> int:
+    """Index of the first `key=value` override in argv (after the script name), or its end when there is none."""
+    return next((i for i, a in enumerate(argv) if i > 0 and "=" in a and not a.startswith("-")), len(argv))
