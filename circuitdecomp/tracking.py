@@ -22,10 +22,10 @@ class TrackingMode(str, Enum):
 class TrackingConfig(Frozen):
     """wandb settings. `mode=offline` works without network; upload later with `wandb sync`."""
 
-    mode: TrackingMode = TrackingMode.offline
-    project: str = "circuitdecomp"
-    entity: str | None = None
-    log_every: int = 100
+    mode: TrackingMode = TrackingMode.offline  # offline needs no network or account; disabled logs nothing
+    project: str = "circuitdecomp"  # the wandb project
+    entity: str | None = None  # the wandb team or user (None: the logged-in user's default)
+    log_every: int = 100  # training metrics every this many steps
 
     def __post_init__(self) -> None:
         check(bool(self.project), "tracking.project is empty; name a wandb project")

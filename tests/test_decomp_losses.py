@@ -195,21 +195,13 @@ def test_ci_masked_recon_ablates_components_with_ci_zero():
     assert spd_losses(cm, x, cfg, 1.0, torch.Generator())[1]["ci_masked_recon"].item() < 1e-10
 
 
-def test_rounded_recon_runs_the_rounded_model_and_pushes_a_needed_ci_up():
-    """CI (1, 0.4): the rounded model drops component 2 (loss = mean((2 x2)^2), not the continuous mean((1.2 x2)^2)),
-    and the straight-through gradient raises component 2's CI, which the rounded model needs."""
-    from circuitdecomp.decomp.train import spd_losses
+def test_the_removed_rounded_recon_term_is_refused_with_its_evidence():
+    """rounded_recon_coeff did worse than the continuous CI-masked term (results log, session 8): only 0 loads."""
+    from circuitdecomp.frozen import ConfigError
 
-    cm, cfg, bias = _two_component_model((2.0, 0.4), rounded_recon_coeff=1.0)
-    x = TWO_X
-    total, terms, _ = spd_losses(cm, x, cfg, 1.0, torch.Generator().manual_seed(0))
-    assert set(terms) == {"rounded_recon", "importance_minimality"}
-    assert math.isclose(terms["rounded_recon"].item(), ((2 * x[:, 1]) ** 2).mean().item(), rel_tol=1e-6)
-    total.backward()
-    assert bias.grad[1].item() < 0  # gradient descent raises CI 0.4 towards keeping the component
-    with torch.no_grad():
-        bias.copy_(torch.tensor([[2.0], [0.6]]))  # rounded up: the exact components, loss 0
-    assert spd_losses(cm, x, cfg, 1.0, torch.Generator())[1]["rounded_recon"].item() < 1e-10
+    with pytest.raises(ConfigError, match=r"rounded_recon_coeff=1.0 was removed.*session 8"):
+        DecompositionConfig(rounded_recon_coeff=1.0)
+    assert DecompositionConfig(rounded_recon_coeff=0.0).rounded_recon_coeff == 0.0  # what saved decompositions hold
 
 
 def test_every_loss_coefficient_has_one_term_and_every_term_a_coefficient():

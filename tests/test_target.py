@@ -249,8 +249,10 @@ def test_templates_make_one_lookup_unit_per_animal_free_units_are_shared_and_gro
         0,
     )
     metrics = {}
-    templated = {"kind": TargetKind.templated, "animal_templates": True, "context_init_norm": 3.0}
-    variants = {"templates": templated, "free": {}, "groups": templated | {"units_per_question": 4, "train_attention": False}}
+    # the templated recipe's width and look-up gate (configs/target/templated.yaml); the free units at the same width
+    templated = {"kind": TargetKind.templated, "animal_templates": True, "context_init_norm": 3.0, "lookup_gate_l1": 0.03}
+    groups = templated | {"units_per_question": 4, "question_gate_l1": 0.03, "train_attention": False}
+    variants = {"templates": templated | {"width_factor": 2.2}, "free": {"width_factor": 2.2}, "groups": groups}
     for name, change in variants.items():
         cfg = TransformerTargetConfig(train_steps=300, batch_size=256, warmup_steps=20, eval_every=0, **change)
         model = train_target(w, cfg, seed=0, logger=NullLogger()).model

@@ -57,12 +57,13 @@ class SAESpec:
 class SAETrainConfig(Frozen):
     """Optimisation shared by every SAE: Adam on MSE (+ L1 or AuxK), unit-norm decoder rows."""
 
-    steps: int = 800
+    steps: int = 800  # Adam steps per SAE (the sweep trains ~58 of them: SAE stage ~4 min on 2 cores)
     batch_size: int = 256
     lr: float = 3e-3
-    # The pre-encoder bias starts at the data mean and, by default, stays there. Learned, it drifts (measured |b_dec|
-    # 0.35 on world=demo, data mean 0.04): with k=1 it is a free gauge (decoder rows v_i - b reconstruct as well as
-    # v_i) that tilts every decoder direction away from the features the SAE did find.
+    # The pre-encoder bias starts at the data mean and, by default, stays there. Experimental: learned, it drifts
+    # (measured |b_dec| 0.35 on world=demo, data mean 0.04; not in the results log, and no scores were compared): with
+    # k=1 it is a free gauge (decoder rows v_i - b reconstruct as well as v_i) that tilts every decoder direction away
+    # from the features the SAE did find.
     learn_pre_bias: bool = False
     lr_decay_frac: float = 0.2  # the last fraction of steps decays the learning rate linearly to 0
     aux_coeff: float = 1 / 32  # AuxK loss (k-sparse kinds): dead latents reconstruct the residual error
@@ -72,7 +73,7 @@ class SAETrainConfig(Frozen):
     resample_every: int = 50
     resample_until: float = 0.6
     threshold_momentum: float = 0.99  # BatchTopK: EMA of the smallest kept activation, the inference threshold
-    log_every: int = 100
+    log_every: int = 100  # training metrics every this many steps
 
     def __post_init__(self) -> None:
         check(self.steps >= 1, f"baselines.train.steps={self.steps} must be >= 1")
@@ -92,15 +93,15 @@ class ActivationSpace(str, Enum):
     """What the SAEs see of the read-out residual."""
 
     entity = "entity"  # its projection on the entity subspace: question information removed (a gift to the SAE)
-    full = "full"  # the whole residual, question information included
+    full = "full"  # Experimental (no config or logged run): the whole residual, question information included
 
 
 @dataclass
 class Width(Frozen):
     """An SAE width relative to the world: attributes * n_attributes + animals * n_animals."""
 
-    attributes: int = 0
-    animals: int = 0
+    attributes: int = 0  # multiples of n_attributes
+    animals: int = 0  # multiples of n_animals
 
     def __post_init__(self) -> None:
         check(
@@ -132,6 +133,7 @@ class BaselinesConfig(Frozen):
     l1_coeffs: list[float] = field(
         default_factory=lambda: [0.03, 0.1, 0.3, 1.0]
     )  # relu: measured L0 ~50 down to ~4 on world=demo
+    # matryoshka: the nested prefixes before the full width (one n_attributes-wide prefix: the attribute family's size)
     matryoshka_prefixes: list[Width] = field(default_factory=lambda: [Width(attributes=1)])
     practitioner_max_l0: float = 8.0  # the practitioner's pick: best reconstruction among SAEs at most this dense
     n_train_inputs: int = 0  # SAE training pool: this many training inputs (0: all of them)

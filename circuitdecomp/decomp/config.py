@@ -12,8 +12,10 @@ from circuitdecomp.frozen import Frozen, check
 class CIFnType(str, Enum):
     """How causal importance is computed from a module's input x."""
 
-    mlp = "mlp"  # per component: g_c = MLP_c(x . V_c), the paper's choice
-    shared_mlp = "shared_mlp"  # one MLP on the whole module input x -> C values
+    mlp = "mlp"  # per component: g_c = MLP_c(x . V_c), the paper's choice and every config's
+    # Experimental: one MLP on the whole module input x -> C values. Mixed on the trained target's MLP-in (results log,
+    # session 10): with KL lower CI-L0 than per-component CIs, with MSE higher; it needs a wide ci_hidden ([16] starves it).
+    shared_mlp = "shared_mlp"
 
 
 class OutputLoss(str, Enum):
@@ -23,8 +25,8 @@ class OutputLoss(str, Enum):
 
 class LRSchedule(str, Enum):
     constant = "constant"
-    cosine = "cosine"
-    linear = "linear"
+    cosine = "cosine"  # the paper's and every recipe's: the decay to 0 sharpens the CI functions (results log, session 4)
+    linear = "linear"  # Experimental: no config or logged run uses it
 
 
 class UnitSide(str, Enum):
@@ -32,7 +34,7 @@ class UnitSide(str, Enum):
 
     auto = "auto"  # the wider side (an MLP's hidden units either way); outputs on a tie
     inputs = "inputs"  # component c reads input coordinate c (e.g. an attention output matrix: one head dimension)
-    outputs = "outputs"  # component c writes output coordinate c
+    outputs = "outputs"  # Experimental (no config uses it): component c writes output coordinate c
 
 
 class InitKind(str, Enum):
@@ -43,8 +45,8 @@ class InitKind(str, Enum):
 
 
 class MaskSampling(str, Enum):
-    continuous = "continuous"  # r ~ U(0, 1)
-    binomial = "binomial"  # r ~ {0, 1}
+    continuous = "continuous"  # r ~ U(0, 1): the paper's and every config's
+    binomial = "binomial"  # Experimental: r ~ {0, 1}; no config or logged run uses it
 
 
 @dataclass
@@ -55,14 +57,16 @@ class ModuleSpec(Frozen):
     and 10% spare, so that one config fits models (and worlds) of any width.
     """
 
-    pattern: str = MISSING
-    C: int = MISSING
-    C_factor: float = 1.1
+    pattern: str = MISSING  # fnmatch pattern over module paths, e.g. 'blocks.*.mlp.in'
+    C: int = MISSING  # rank-1 components per matched module; 0: from its shape (C_factor)
+    C_factor: float = 1.1  # C=0: one component per unit of the wider side plus 10% spare (the world recipe)
     # mask every sequence position of these matches even when `positions` picks some: for matrices whose outputs at
-    # other positions are read at the picked ones (attention keys and values)
+    # other positions are read at the picked ones (attention keys and values; results log, session 4). No effect when
+    # decomposition.positions is null (every position is masked then).
     all_positions: bool = False
-    # init=neurons: the basis components start in. Square attention matrices have no wider side; their head side
-    # (outputs of W_Q, W_K, W_V, inputs of W_O) starts every component inside one head.
+    # init=neurons only (not read with init=random): the basis components start in. Square attention matrices have no
+    # wider side; their head side (outputs of W_Q, W_K, W_V, inputs of W_O) starts every component inside one head
+    # (W_O on its head side: rounded-CI attribute accuracy 0.713 -> 1.000 on the planted demo, results log, session 5).
     units: UnitSide = UnitSide.auto
 
     def __post_init__(self) -> None:
@@ -74,77 +78,107 @@ class ModuleSpec(Frozen):
 
 @dataclass
 class DecompositionConfig(Frozen):
-    """Stochastic Parameter Decomposition settings (arXiv 2506.20790)."""
+    """Stochastic Parameter Decomposition settings (arXiv 2506.20790).
 
-    modules: list[ModuleSpec] = field(default_factory=list)
+    The defaults are the paper's TMS recipe (`configs/decomposition/tms.yaml` adds only the modules); the animal-world
+    recipe is `configs/decomposition/world.yaml`. "Experimental" marks an option no measurement has shown to help.
+    """
+
+    modules: list[ModuleSpec] = field(default_factory=list)  # the matrices to decompose (model-specific: no default)
     seed: int | None = None  # None: the run's seed; set it to vary only the decomposition on one target
     # Paths of modules before which a fixed identity Linear is inserted (the paper's "+ID" check);
     # the inserted module is named `<path>.pre_identity` and can be decomposed like any other.
     identity_before: list[str] = field(default_factory=list)
+    # random: the paper, the toys and the random-start control; neurons: the world recipe (from random starts SPD
+    # finds neither family of the animal world: results log, sessions 2 and 9)
     init: InitKind = InitKind.random
-    steps: int = 10_000
-    batch_size: int = 4096
-    lr: float = 1e-3
+    steps: int = 10_000  # the paper's TMS budget; the world recipe grows it with the world's questions (session 8)
+    batch_size: int = 4096  # the paper's TMS batch
+    lr: float = 1e-3  # the paper's
     lr_schedule: LRSchedule = LRSchedule.cosine
-    lr_warmup_frac: float = 0.0
-    lr_final_frac: float = 0.0
-    # Faithfulness warm-up: fit sum_c U_c V_c^T to W before anything else.
+    lr_warmup_frac: float = 0.0  # Experimental: linear learning-rate warm-up over this fraction of the steps
+    lr_final_frac: float = 0.0  # Experimental: cosine / linear decay ends at lr x this (not read with lr_schedule=constant)
+    # Faithfulness warm-up (the paper's): fit sum_c U_c V_c^T to W before anything else. Skipped with init=neurons,
+    # whose start is exact (Adam's sign-like steps smeared every unit over all others: results log, session 2), so
+    # warmup_* have no effect under the world recipe.
     warmup_steps: int = 200
     warmup_lr: float = 0.01
     warmup_weight_decay: float = 0.1
     # CI warm-up: the first steps train only the CI functions (components frozen), so that a good start such as
-    # init=neurons is not pulled apart by masks that are still random.
+    # init=neurons is not pulled apart by masks that are still random (world: 500; results log, session 2).
     ci_warmup_steps: int = 0
     # Causal importance.
     ci_fn: CIFnType = CIFnType.mlp
-    ci_hidden: list[int] = field(default_factory=lambda: [16])
-    ci_init_bias: float | None = None  # per-component MLP: start every CI near this value (None: the paper's init)
-    ci_init_from_data: bool = False  # per-component MLP: kinks at quantiles of x . V_c on a batch (after the warm-up)
-    ci_lr_scale: float = 1.0  # learning rate of the CI functions relative to the components'
-    leak: float = 0.01
+    ci_hidden: list[int] = field(default_factory=lambda: [16])  # hidden widths of the CI MLP (the paper's 16)
+    # per-component MLP: start every CI near this value (None: the paper's init; world: 0.5, inside (0, 1) where both
+    # gradients flow, results log, session 2). Not read with ci_fn=shared_mlp.
+    ci_init_bias: float | None = None
+    # Experimental: per-component MLP with one hidden layer: kinks at quantiles of x . V_c on a batch (after the
+    # warm-up). Mixed (results log): slower reconstruction on the mini world (session 2); at batch 32 more look-ups
+    # found than the then-recipe, but MLP-out's CI-L0 2.96 against 1.24 (session 5).
+    ci_init_from_data: bool = False
+    # learning rate of the CI functions relative to the components' (world: 10; 30 found fewer look-ups, session 5)
+    ci_lr_scale: float = 1.0
+    leak: float = 0.01  # CI slope outside [0, 1] (the paper's); world: 0.1, dead CIs climb back (session 5)
     compile: bool = True  # torch.compile the CI MLP (one-off ~20 s, then ~2.4x faster); off in quick tests
     mask_sampling: MaskSampling = MaskSampling.continuous
-    n_mask_samples: int = 1
+    n_mask_samples: int = 1  # Experimental above 1: stochastic masks per step, averaged; no config or logged run used more
+    # the paper's always-on remainder W - sum U V; world: off (the attribute readers moved into it, results log, session 2)
     use_delta: bool = True
     # Sequence positions that get masks and CI (e.g. [-1] when only the last position's output is reconstructed
     # and earlier positions' own outputs are never read); other positions run the target weights. None: all.
     positions: list[int] | None = None
     # Loss coefficients (0 switches a term off).
     output_loss: OutputLoss = OutputLoss.mse
+    # Experimental: ||W - sum U V||^2 (the reference implementation's term). At 1 it brought the weights closer at no
+    # recovery cost (results log, session 9) and helped the mini world's attribute readers only a little (session 2);
+    # off in every config.
     faithfulness_coeff: float = 0.0
-    stochastic_recon_coeff: float = 1.0
-    layerwise_recon_coeff: float = 1.0
+    stochastic_recon_coeff: float = 1.0  # the paper's
+    layerwise_recon_coeff: float = 1.0  # the paper's
+    # Experimental: one routed-subset pass in place of one layerwise pass per module (the transformer examples use it
+    # for their 16 modules); never compared with layerwise for quality, and no faster on the trained demo (session 7)
     subset_recon_coeff: float = 0.0
     # Reconstruction with the CI itself as the mask (no noise): a component with CI 0 is fully ablated, as in the
     # rounded-CI faithfulness check. Continuous masks keep half of every CI-0 component on average, so a pathway
     # spread over many redundant units can be dropped from CI at half its reconstruction cost (results log, session 6).
+    # World: 1 (rounded-CI faithfulness 0.82 -> 0.99, session 7).
     ci_masked_recon_coeff: float = 0.0
-    # The same with the CI rounded at 0.5 (straight-through gradient): exactly the masked model the rounded-CI
-    # faithfulness check runs, so a component the check would drop while the model still needs it is pushed up.
+    # Removed, refused unless 0: the same with the CI rounded at 0.5 (straight-through gradient). Measured worse in
+    # place of the continuous term and beside it (results log, session 8). The key stays until decomp/terms.py drops
+    # its row, and so that saved decompositions (which list every key) still load with a message.
     rounded_recon_coeff: float = 0.0
-    importance_coeff: float = 3e-3
+    importance_coeff: float = 3e-3  # the paper's TMS 5-2 value; world: 1e-2 (results log, sessions 6-7)
     # Minimality ramps up linearly over this fraction of the steps: rare circuits (inputs seen once every few steps)
     # get their CI functions from reconstruction before sparsity can switch them off (docs/results_log.md).
     importance_warmup_frac: float = 0.0
-    pnorm: float = 1.0
-    pnorm_final: float | None = None  # anneal p linearly to this value
-    pnorm_anneal_start: float = 0.0  # fraction of training
+    pnorm: float = 1.0  # p of the minimality term |CI|^p (the paper's TMS 5-2 value; 2 for TMS 40-10 and resid_mlp)
+    # Experimental (no config or logged run): anneal p linearly to pnorm_final between these fractions of training;
+    # the window is refused without pnorm_final
+    pnorm_final: float | None = None
+    pnorm_anneal_start: float = 0.0
     pnorm_anneal_end: float = 1.0
-    importance_eps: float = 1e-12
-    importance_beta: float = 0.0  # frequency penalty: cost x (1 + beta log2(1 + times used in the batch))
-    # Restarts: `restarts` initialisations trained for `restart_steps` each; the lowest held-out loss continues.
+    importance_eps: float = 1e-12  # numerical floor of the minimality term
+    # Experimental (never measured): frequency penalty, cost x (1 + beta log2(1 + times used in the batch))
+    importance_beta: float = 0.0
+    # Restarts: `restarts` initialisations trained for `restart_steps` each; the lowest held-out loss continues
+    # (restart_* are not read with restarts=1). TMS 5-2 uses 4: about half of single runs end in a local minimum
+    # (results log, 2026-11-25).
     restarts: int = 1
     restart_steps: int = 3000
     restart_eval_batches: int = 8
     # Evaluation and bookkeeping.
-    ci_alive_threshold: float = 0.1
-    eval_every: int = 1000
-    checkpoint_every: int = 1000
-    pgd_steps: int = 0  # adversarial-mask evaluation (0 = off)
+    ci_alive_threshold: float = 0.1  # a component counts as live, and in CI-L0, above this CI
+    eval_every: int = 1000  # held-out metrics every this many steps
+    checkpoint_every: int = 1000  # a resumable checkpoint every this many steps
+    # Experimental (no config or logged run turns it on): the toys' adversarial-mask evaluation, pgd_steps steps of
+    # size pgd_step_size (0: off; pgd_step_size is not read then)
+    pgd_steps: int = 0
     pgd_step_size: float = 0.1
     max_loss: float = 1e6  # a loss above this (or NaN/inf) stops the run as diverged
     # On divergence, go back to the last periodic checkpoint with lr x this factor, at most max_retries times.
-    # Off (0) by default: a retry changes the experiment's learning rate, which a researcher should decide.
+    # Off (0) by default: a retry changes the experiment's learning rate, which a researcher should decide
+    # (max_retries is not read then).
     retry_lr_factor: float = 0.0
     max_retries: int = 2
 
@@ -204,5 +238,26 @@ class DecompositionConfig(Frozen):
         check(
             len(self.ci_hidden) >= 1 and min(self.ci_hidden) >= 1,
             f"decomposition.ci_hidden={list(self.ci_hidden)} needs at least one positive width",
+        )
+        check(
+            self.rounded_recon_coeff == 0,
+            f"decomposition.rounded_recon_coeff={self.rounded_recon_coeff} was removed: it did worse than the continuous "
+            "ci_masked_recon_coeff, in its place and beside it (docs/results_log.md, session 8); set it to 0",
+        )
+        if self.ci_init_from_data:
+            check(
+                self.ci_fn is CIFnType.mlp,
+                f"decomposition.ci_init_from_data=true has no effect with ci_fn={self.ci_fn.value} (it places the kinks of "
+                "per-component MLPs); set ci_init_from_data=false, or ci_fn=mlp",
+            )
+            check(
+                len(self.ci_hidden) == 1,
+                f"decomposition.ci_init_from_data=true needs one hidden layer, got ci_hidden={list(self.ci_hidden)}; "
+                "set ci_hidden=[H], or ci_init_from_data=false",
+            )
+        check(
+            self.pnorm_final is not None or (self.pnorm_anneal_start, self.pnorm_anneal_end) == (0.0, 1.0),
+            f"decomposition.pnorm_anneal_start={self.pnorm_anneal_start}, pnorm_anneal_end={self.pnorm_anneal_end} have no "
+            "effect without pnorm_final: set decomposition.pnorm_final, or leave the window at 0 and 1",
         )
         super().__post_init__()

@@ -49,13 +49,13 @@ class RecoveryConfig(Frozen):
 class EvaluationConfig(Frozen):
     """How decompositions are scored."""
 
+    # The toys' checks (toys/evaluate.py; the animal world's pipeline reads only n_inputs and recovery):
     one_hot_magnitude: float = 0.75  # input value for the single-feature CI patterns
     tolerance: float = 0.1  # CI counts as on above 1 - tol, off below tol
     # Module patterns expected to be one component per feature; the first match gives the headline MMCS/ML2R.
     identity_ci: list[str] = field(default_factory=list)
     dense_ci: list[DenseSpec] = field(default_factory=list)
     live_norm: float = 0.1  # a component is live if ||U_c|| ||V_c|| exceeds this and its CI ever exceeds ci_alive
-    n_eval_batches: int = 4
     n_inputs: int = 4096  # animal world: held-out inputs (topped up with training rows) for checks and recovery scores
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
 
@@ -63,6 +63,5 @@ class EvaluationConfig(Frozen):
         check(0 < self.tolerance < 0.5, f"evaluation.tolerance={self.tolerance} must be in (0, 0.5)")
         check(self.one_hot_magnitude > 0, f"evaluation.one_hot_magnitude={self.one_hot_magnitude} must be > 0")
         check(self.live_norm >= 0, f"evaluation.live_norm={self.live_norm} must be >= 0")
-        check(self.n_eval_batches >= 1, f"evaluation.n_eval_batches={self.n_eval_batches} must be >= 1")
         check(self.n_inputs >= 1, f"evaluation.n_inputs={self.n_inputs} must be >= 1")
         super().__post_init__()

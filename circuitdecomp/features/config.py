@@ -35,8 +35,10 @@ class FeaturesConfig(Frozen):
 
     read_patterns: list[str] = field(default_factory=_reads)  # modules whose V_c read the residual stream
     write_patterns: list[str] = field(default_factory=_writes)  # modules whose U_c write it
-    live_ci: float = 0.1
-    active_ci: float = 0.5
+    live_ci: float = 0.1  # a component is live above this CI on some input (as decomposition.ci_alive_threshold)
+    active_ci: float = 0.5  # and active on an input above this one (the rounded-CI check's cut)
+    # the headline's projection; the pipeline scores all three (raw directions lost every attribute: results log,
+    # session 9; data = tokens on the animal world)
     projection: Projection = Projection.data
     # read rows of these modules feed a ReLU: the neuron control (features/controls.py) takes the positive part of
     # their activation as its stand-in for causal importance (|activation| elsewhere)

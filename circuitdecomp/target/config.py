@@ -20,8 +20,8 @@ class TargetKind(str, Enum):
 class TargetConfig(Frozen):
     """Base of every target config; `kind` picks the model family."""
 
-    kind: TargetKind = TargetKind.tms
-    train_steps: int = 10_000
+    kind: TargetKind = TargetKind.tms  # the model family; each schema in configs/target/ sets its own
+    train_steps: int = 10_000  # the TMS toy's training (the SPD paper's recipe, as the rest of TMSConfig)
     batch_size: int = 1024
     lr: float = 5e-3
 
@@ -38,9 +38,9 @@ class TMSConfig(TargetConfig):
     """Toy Model of Superposition: x -> ReLU(W^T W x + b), W [n_hidden, n_features], tied weights."""
 
     kind: TargetKind = TargetKind.tms
-    n_features: int = 5
+    n_features: int = 5  # TMS 5-2 (the SPD paper's Table 1); experiment=tms_40-10 sets 40 and 10
     n_hidden: int = 2
-    feature_prob: float = 0.05
+    feature_prob: float = 0.05  # each feature is on with this probability (the paper's)
     max_attempts: int = 8  # re-train with new seeds until every feature is reproduced
     check_features: bool = True  # refuse a target that misses features (off only for quick smoke runs)
 
@@ -56,6 +56,7 @@ class ResidMLPConfig(TargetConfig):
     """Compressed computation: y = x + ReLU(x) read off a residual stream with a fixed random embedding."""
 
     kind: TargetKind = TargetKind.resid_mlp
+    # the SPD paper's 1-layer residual MLP: 100 features in a 1000-d residual stream, 50 ReLU neurons
     n_features: int = 100
     d_embed: int = 1000
     d_mlp: int = 50
@@ -89,7 +90,10 @@ class TransformerTargetConfig(TargetConfig):
     `trained` reads no ground truth in its construction (tests/test_ground_truth_free.py checks it with a world
     whose ground-truth tensors raise when read): every trainable weight starts from TransformerLens' init, and the
     knobs that use the world's directions or reshape the init (`animal_templates`, `units_per_question`,
-    `context_init_norm`) are refused; `templated` allows them (docs/targets.md).
+    `context_init_norm`) are refused; `templated` allows them (docs/targets.md). The defaults are the `trained`
+    recipe (`configs/target/trained.yaml`); `planted` reads none of the training knobs (its weights are set by
+    construction). The penalties on template units and question groups (`lookup_gate_l1`, `question_gate_l1`) are
+    refused where there are none: their terms would be 0.
 
     Architecture (shared by all): `n_layers` blocks of attention + ReLU MLP, no LayerNorm. Entity embedding
     rows are fixed at the world's directions; attention reads and writes only the context subspace, so the
@@ -97,30 +101,38 @@ class TransformerTargetConfig(TargetConfig):
     """
 
     kind: TargetKind = TargetKind.trained
-    n_layers: int = 1
+    n_layers: int = 1  # every config's; 2 is built and trained too (Experimental: no logged run)
     n_heads: int = 1
     d_mlp: int | None = None  # None: width_factor x (n_animals + 4 n_attribute_questions + n_facts)
-    width_factor: float = 2.2  # units beyond the animal templates learn the attribute questions; fewer generalise worse
-    train_steps: int = 1500
+    # trained: 1.0 (643 units on world=demo) reaches held-out attribute accuracy 0.990, 2.2x 0.986 (results log,
+    # session 10); templated uses 2.2, its units beyond the animal templates need the width (session 3)
+    width_factor: float = 1.0
+    train_steps: int = 3000  # trained: 3000 (results log, session 10); templated: 1500
     batch_size: int = 1024
-    lr: float = 5e-3
-    weight_decay: float = 0.1
-    warmup_steps: int = 100
+    lr: float = 5e-3  # the peak: linear warm-up, then cosine decay to 5% (results log, session 3)
+    weight_decay: float = 0.1  # AdamW's; 0.5 broke the templated look-ups (results log, session 3)
+    warmup_steps: int = 100  # linear learning-rate warm-up
     label_smoothing: float = 0.05  # caps logit saturation: the optimum has finite margins
     # Shaping (docs/results_log.md, 2026-11-25 "Trained target, round 2", measures each one):
     animal_templates: bool = False  # templated only: the first n_animals units start as detectors of one animal each
-    template_threshold: float = 0.9  # a template unit starts firing above this cosine with its animal
+    # templated only (not read without animal_templates): a template unit starts firing above this cosine with its
+    # animal (0.9: 1.07 animals per look-up unit, 0.85: 1.23; results log, session 3)
+    template_threshold: float = 0.9
     context_init_norm: float = 0.0  # templated only (0: TL's init): question information's norm at the read-out at init
     act_l1: float = 0.015  # L1 on every unit's activations on fact questions: pressure towards one unit per animal
-    lookup_gate_l1: float = 0.03  # L1 on template units' activations on other questions: look-ups stay off there
+    # templated only, refused without animal_templates: L1 on template units' activations on other questions, so
+    # look-ups stay off there (templated: 0.03; 0.01 and 0 lost attribute accuracy, results log, session 3)
+    lookup_gate_l1: float = 0.0
     attribute_l1: float = 0.0  # L1 on the other units' activations on other questions: fewer units per attribute question
     # > 0: the units after the templates come in groups of this many per attribute question token; a group starts
     # reading no entity direction and pays `question_gate_l1` for activity on any other question (results log,
     # session 7). 0: the units after the templates are shared by every attribute question (width_factor sets them).
     units_per_question: int = 0
-    question_gate_l1: float = 0.03
+    question_gate_l1: float = 0.0  # templated: 0.03; refused with units_per_question=0 (no groups to gate)
     train_attention: bool = True  # false: embeddings and attention keep their (scaled) init: a fixed question code
-    init_bias: float = 0.0  # initial MLP input bias of the non-template units
+    # Experimental: initial MLP input bias of the non-template units (0: TL's init). -0.3 was measured only beside a
+    # fact-question L1 (results log, 2026-11-25 "Shaping the trained target")
+    init_bias: float = 0.0
     question_mix: dict[str, float] = field(default_factory=default_question_mix)
     eval_every: int = 500  # held-out accuracy during training (0: only at the end)
     planted_logit_scale: float = 10.0  # planted: logit of one vote; margins are this minus < 2.5 of interference
@@ -169,6 +181,16 @@ class TransformerTargetConfig(TargetConfig):
         )
         for name in ("lookup_gate_l1", "attribute_l1", "question_gate_l1", "context_init_norm"):
             check(getattr(self, name) >= 0, f"target.{name}={getattr(self, name)} must be >= 0")
+        check(
+            self.lookup_gate_l1 == 0 or self.animal_templates,
+            f"target.lookup_gate_l1={self.lookup_gate_l1} has no effect without animal templates (it penalises template "
+            "units, and there are none): set target.lookup_gate_l1=0, or use target=templated",
+        )
+        check(
+            self.question_gate_l1 == 0 or self.units_per_question > 0,
+            f"target.question_gate_l1={self.question_gate_l1} has no effect with target.units_per_question=0 (it penalises "
+            "the per-question groups, and there are none): set target.question_gate_l1=0, or use target=templated",
+        )
         check(0 < self.template_threshold < 1, f"target.template_threshold={self.template_threshold} must be in (0, 1)")
         check(
             0 < self.lookup_active_fraction < 1, f"target.lookup_active_fraction={self.lookup_active_fraction} must be in (0, 1)"

@@ -93,11 +93,17 @@ def build_target(cfg: Config, out_dir: Path, logger: Logger) -> dict[str, float]
 def legacy_target(raw: dict) -> dict:
     """A target config as saved by a run: runs made before the ground-truth rule (2026-12-07) called the templated
     recipe `trained`; such a config (templates, question groups or a rescaled context under kind trained) loads as
-    `templated`, which is what it is, instead of being refused."""
+    `templated`, which is what it is, instead of being refused. Runs made before 2026-12-07 (session 11) saved
+    `lookup_gate_l1` / `question_gate_l1` = 0.03 beside no template units / no question groups, where those terms were
+    0; they load as 0, the only value now accepted there."""
     raw = dict(raw)
     if raw.get("kind") == "trained" and any(raw.get(k) for k in ("animal_templates", "units_per_question", "context_init_norm")):
         log.warning("this run's target predates the ground-truth rule: its 'trained' recipe is loaded as target=templated")
         raw["kind"] = "templated"
+    if "lookup_gate_l1" in raw and not raw.get("animal_templates"):
+        raw["lookup_gate_l1"] = 0.0  # no template units: the term was 0
+    if "question_gate_l1" in raw and not raw.get("units_per_question"):
+        raw["question_gate_l1"] = 0.0  # no question groups: the term was 0
     return raw
 
 
