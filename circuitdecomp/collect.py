@@ -66,11 +66,14 @@ def plot(table: Table, x: str, ys: list[str]) -> Any:
     if not cols:
         raise ValueError(f"no column matches {ys}; columns: {table.columns}")
     xi = table.columns.index(x)
-    fig, axes = plt.subplots(1, len(cols), figsize=(3.6 * len(cols), 3), squeeze=False)
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.6 * len(cols), 3.4), squeeze=False, layout="constrained")
     for ax, col in zip(axes[0], cols):
         ci = table.columns.index(col)
         points = sorted((row[xi], row[ci]) for row in table.rows if row[xi] is not None and row[ci] is not None)
         ax.plot([p[0] for p in points], [p[1] for p in points], "o-")
-        ax.set(xlabel=x, title=col)
-    fig.tight_layout()
+        head, _, tail = col.rpartition("/")
+        ax.set_title(col, fontsize=9)
+        ax.set_xlabel(x, fontsize=9)
+        ax.set_ylabel(f"{head}/\n{tail}" if head else col, fontsize=8)  # the metric, on two lines
+    fig.suptitle(f"{', '.join(ys)} against {x}: one point per run that has both ({len(table.rows)} runs collected)", fontsize=10)
     return fig

@@ -137,7 +137,8 @@ def run_baselines(cfg: Config, run_dir: Path, logger: Logger, out_dir: Path | No
     metrics |= {f"baselines/true_l0/{f}": v for f, v in l0s.items()}
     metrics |= table.metrics(keys)
     metrics |= {"baselines/n_saes": len(results), "baselines/seconds": time.perf_counter() - start}
-    save_outputs(out_dir, table, results, f"world {world.cfg.name}, seed {cfg.seed}: {len(results)} SAEs", logger)
+    title = "Share of the planted features each dictionary recovers: features from circuits, SAEs, reference dictionaries"
+    save_outputs(out_dir, table, results, title, logger)
     update_metrics(out_dir, metrics)
     clear_checkpoints(out_dir)  # every output is written: a re-run does the stage again, with any settings
     logger.log({k: float(v) for k, v in metrics.items()})

@@ -158,23 +158,34 @@ class ThesisTable:
         """Two panels, one bar per family per row: coefficient recall (the thesis) and direction recovery."""
         fig, axes = plt.subplots(1, 2, figsize=(11, 0.55 * len(self.rows) + 1.6), sharey=True)
         y = range(len(self.rows))
-        for ax, metric, label in (
-            (axes[0], "coef_recall", "coefficient recall (value = true coefficient)"),
-            (axes[1], "one_to_one_frac_cos90", "direction recovery, one-to-one (|cos| ≥ 0.9)"),
+        for ax, metric, label, xlabel in (
+            (
+                axes[0],
+                "coef_recall",
+                "coefficient recall",
+                "share of true features whose best unit's value\nfollows the true coefficient (r and slope near 1)",
+            ),
+            (
+                axes[1],
+                "one_to_one_frac_cos90",
+                "direction recovery, one-to-one",
+                "share of true features with their own unit\nat |cos| ≥ 0.9 (each unit used once)",
+            ),
         ):
             for shift, fam, colour in ((-0.2, "animals", "tab:orange"), (0.2, "attributes", "tab:blue")):
                 vals = [r.values[f"{fam}/{metric}"] for r in self.rows]
                 ax.barh([i + shift for i in y], vals, height=0.38, color=colour, label=fam)
                 for i, v in zip(y, vals):  # print the value: a bar of length 0 must read as 0, not as missing
                     ax.text(min(v, 1.0) + 0.01, i + shift, f"{v:.2f}", va="center", fontsize=7)
-            ax.set_xlim(0, 1.12)
+            ax.set_xlim(0, 1.12)  # shares: 0 to 1, with room for the printed values
             ax.axvline(0.9, color="grey", lw=0.8, ls=":")
             ax.set_title(label, fontsize=10)
+            ax.set_xlabel(xlabel, fontsize=9)
         axes[0].set_yticks(list(y), [r.name for r in self.rows])
         axes[0].invert_yaxis()
-        axes[0].legend(loc="lower right", fontsize=8)
+        axes[0].legend(loc="lower right", fontsize=8, title="true features", title_fontsize=8)
         fig.suptitle(
-            f"{title}\nboth bars past the dotted line (0.9) = one dictionary carrying both families' true coefficients",
+            f"{title}\nboth bars of a row past the dotted line (0.9): one dictionary carrying both families' true features",
             fontsize=10,
         )
         fig.tight_layout()

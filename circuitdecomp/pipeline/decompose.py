@@ -184,26 +184,35 @@ def ci_by_question(cm: ComponentModel, examples: Examples) -> dict[str, Float[Te
 def ci_question_figure(by_q: dict[str, Tensor], live: dict[str, Tensor], title: str) -> plt.Figure:
     """Heat-map per module: question types x live components, each column scaled to its maximum (a look-up
     component is important for one animal only, so its mean is small; the scaling shows which questions use it).
-    Columns are sorted by the question type they serve most."""
+    Columns are sorted by the question type they serve most (white lines between the groups); each panel's title
+    gives the range of the column maxima, the absolute mean CI that 1 stands for."""
     paths = [p for p in by_q if bool(live[p].any())] or list(by_q)
-    fig, axes = plt.subplots(len(paths), 1, figsize=(12, 1.2 + 1.1 * len(paths)), squeeze=False)
+    fig, axes = plt.subplots(len(paths), 1, figsize=(12, 1.6 + 1.1 * len(paths)), squeeze=False, layout="constrained")
     for ax, path in zip(axes[:, 0], paths):
         m = by_q[path]
         idx = live[path].nonzero().flatten()
         if idx.numel() == 0:
             idx = torch.arange(min(m.shape[1], 1))
-        sub = m[:, idx] / m[:, idx].max(0).values.clamp_min(1e-12)
+        peak = m[:, idx].max(0).values
+        sub = m[:, idx] / peak.clamp_min(1e-12)
         order = np.lexsort((-sub.max(0).values.numpy(), sub.argmax(0).numpy()))
-        ax.imshow(sub[:, order].numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        im = ax.imshow(sub[:, order].numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        group = sub.argmax(0).numpy()[order]
+        for x in np.flatnonzero(np.diff(group)):  # boundaries between the question-type groups
+            ax.axvline(x + 0.5, color="white", lw=1)
         ax.set_yticks(range(len(NAMES)), NAMES, fontsize=7)
         ax.set_title(
-            f"{path}: {idx.numel()} live components (mean CI per question type, largest over "
-            "masked positions; each column scaled to its maximum)",
+            f"{path}: {idx.numel()} live components; column maxima (mean CI) {float(peak.min()):.2g} to {float(peak.max()):.2g}",
             fontsize=9,
         )
         ax.set_xticks([])
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    axes[-1, 0].set_xlabel("live components, grouped by the question type they serve most", fontsize=9)
+    bar = fig.colorbar(im, ax=axes[:, 0].tolist(), shrink=min(1.0, 3 / len(paths)), aspect=25, pad=0.01)
+    bar.set_label("mean CI / the column's maximum\n(each column scaled separately)", fontsize=9)
+    fig.suptitle(
+        f"{title}\nmean CI per question type (largest over the masked positions), each column divided by its maximum",
+        fontsize=10,
+    )
     return fig
 
 
@@ -243,7 +252,7 @@ def decompose_target(
     live = {p: g.flatten(0, -2).amax(0) > d.ci_alive_threshold for p, g in cm.causal_importance().lower.items()}
     metrics |= {f"decomp/n_live/{p}": int(on.sum()) for p, on in live.items()}  # CI above threshold on some input
     by_q = ci_by_question(cm, held)
-    fig = ci_question_figure(by_q, live, f"{cfg.name}: causal importance by question type")
+    fig = ci_question_figure(by_q, live, "Which question types use each live SPD component (held-out questions)")
     save_figure(out_dir, "ci_by_question", fig)
     logger.log_figure("decomp/ci_by_question", fig)
     plt.close(fig)

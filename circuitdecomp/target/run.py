@@ -82,7 +82,7 @@ def build_target(cfg: Config, out_dir: Path, logger: Logger) -> dict[str, float]
     update_metrics(out_dir, metrics)
     logger.log(metrics)
     fig = circuits_figure(
-        model, world, t.lookup_active_fraction, f"{t.kind.value} target, world {cfg.world.name}, seed {cfg.seed}"
+        model, world, t.lookup_active_fraction, f"What the {t.kind.value} target's MLP units do: look-up units and their reads"
     )
     save_figure(out_dir, "target_circuits", fig)
     logger.log_figure("target/circuits", fig)

@@ -6,6 +6,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def ci_heatmap(ci: dict[str, torch.Tensor], title: str = "", live_threshold: float = 0.1) -> Figure:
@@ -23,8 +24,12 @@ def ci_heatmap(ci: dict[str, torch.Tensor], title: str = "", live_threshold: flo
         )
         g = g[:, order][:, : max(1, int((peak > 0.01).sum()) + 2)]  # drop the always-off tail
         im = ax.imshow(g.numpy(), aspect="auto", cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
-        ax.set(title=path, xlabel="component (sorted)", ylabel="active input feature")
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="causal importance")
+        ax.set(
+            title=path, xlabel="component (live first, grouped by the feature\nthat uses it most)", ylabel="active input feature"
+        )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=1.0, label="causal importance\n(0 = ablatable, 1 = needed)")
     fig.suptitle(title)
     return fig
 

@@ -24,6 +24,11 @@ from circuitdecomp.tracking import Logger
 log = logging.getLogger(__name__)
 
 
+def ci_title(magnitude: float, when: str) -> str:
+    """Title of the single-feature CI figure: what is shown, the input it is shown on, and when."""
+    return f"Causal importance of each component on single-feature inputs\n(one feature at {magnitude:g}, the others 0; {when})"
+
+
 @dataclass(frozen=True)
 class Toy:
     model: nn.Module
@@ -81,7 +86,10 @@ def decompose_toy(cfg: Config, out_dir: Path, logger: Logger) -> Metrics:
     )
 
     def eval_fn(model: ComponentModel, step: int) -> Metrics:
-        fig = ci_heatmap(one_hot_ci(model, toy.n_features, cfg.evaluation.one_hot_magnitude), f"{cfg.name}: step {step}")
+        fig = ci_heatmap(
+            one_hot_ci(model, toy.n_features, cfg.evaluation.one_hot_magnitude),
+            ci_title(cfg.evaluation.one_hot_magnitude, f"step {step}"),
+        )
         logger.log_figure("decomp/ci_one_hot", fig, step=step)
         close_figure(fig)
         return evaluate_toy(model, toy.n_features, cfg.evaluation, eval_data, cfg.decomposition.ci_alive_threshold, toy.embedding)
@@ -106,7 +114,10 @@ def decompose_toy(cfg: Config, out_dir: Path, logger: Logger) -> Metrics:
         metrics["decomp/pgd_recon"] = pgd_recon_loss(
             cm, eval_data, d.pgd_steps, d.pgd_step_size, d.output_loss, d.use_delta, torch.Generator().manual_seed(seed)
         )
-    fig = ci_heatmap(one_hot_ci(cm, toy.n_features, cfg.evaluation.one_hot_magnitude), f"{cfg.name}: CI on single features")
+    fig = ci_heatmap(
+        one_hot_ci(cm, toy.n_features, cfg.evaluation.one_hot_magnitude),
+        ci_title(cfg.evaluation.one_hot_magnitude, f"after {cfg.decomposition.steps} steps"),
+    )
     save_figure(out_dir, "ci_one_hot", fig)
     close_figure(fig)
     update_metrics(out_dir, metrics)
