@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from circuitdecomp.config import Config, config_dict, load_config
+from circuitdecomp.config import Config, config_dict, load_config, retired_key
 from circuitdecomp.frozen import ConfigError
 from circuitdecomp.interrupt import DivergenceError, Interrupted, signals_interrupt
 from circuitdecomp.runio import RunFileError, check_writable, save_config
@@ -78,6 +78,10 @@ def precheck_overrides(argv: list[str]) -> None:
         parsed = OverridesParser.create().parse_overrides(args)
     except HydraException as err:
         _fail(_one_line(err))
+    for o in parsed:
+        why = retired_key(o.key_or_group)
+        if why is not None:
+            _fail(why)
     plain = [a for a, o in zip(args, parsed) if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
     _check_group_options([o for o in parsed if not o.is_sweep_override()])
     try:

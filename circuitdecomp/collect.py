@@ -40,8 +40,12 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
 
 
 def collect(roots: list[Path], metric_patterns: list[str], config_keys: list[str]) -> Table:
-    """One row per run directory under `roots` that has a metrics.json; columns: run, config keys, metrics."""
-    run_dirs = sorted({p.parent for root in roots for p in Path(root).rglob("metrics.json")})
+    """One row per run directory under `roots` that has a metrics.json (not nested in another); columns: run, config
+    keys, metrics."""
+    found = {p.parent for root in roots for p in Path(root).rglob("metrics.json")}
+    # a stage's own sub-directory (the pipeline's spd_random_start/) belongs to its run: its metrics are in the run's
+    # metrics.json under a prefix, and it has no config of its own
+    run_dirs = sorted(d for d in found if not any(parent in found for parent in d.parents))
     if not run_dirs:
         raise FileNotFoundError(f"no metrics.json under {[str(r) for r in roots]}")
     runs = [load_run(d) for d in run_dirs]

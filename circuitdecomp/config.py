@@ -13,6 +13,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from circuitdecomp.baselines.config import BaselinesConfig
+from circuitdecomp.decomp.config import RETIRED as DECOMPOSITION_RETIRED
 from circuitdecomp.decomp.config import DecompositionConfig
 from circuitdecomp.evaluate.config import EvaluationConfig
 from circuitdecomp.features.config import FeaturesConfig
@@ -134,6 +135,14 @@ def unknown_keys(node: DictConfig, path: str = "") -> list[str]:
                 u for i, item in enumerate(v) if isinstance(item, DictConfig) for u in unknown_keys(item, f"{path}{k}[{i}].")
             ]
     return found
+
+
+def retired_key(key: str) -> str | None:
+    """Why a removed config key (e.g. `decomposition.rounded_recon_coeff`) went, or None for a key that was not removed."""
+    group, _, name = key.lstrip("+~").partition(".")
+    if group == "decomposition" and name in DECOMPOSITION_RETIRED:
+        return f"{key.lstrip('+~')} was removed: {DECOMPOSITION_RETIRED[name][1]}; drop it from the command"
+    return None
 
 
 def load_config(dcfg: DictConfig) -> Config:

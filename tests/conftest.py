@@ -81,7 +81,15 @@ from circuitdecomp.world.config import WorldConfig  # noqa: E402  (after the wan
 
 # the tiny animal world of the target and decomposition tests: enough held-out pairs that every question type has some
 TINY = WorldConfig(
-    name="tiny", n_attributes=16, n_animals=24, n_houses=8, n_economies=8, n_facts=2, n_fact_answers=5, holdout_fraction=0.3
+    name="tiny",
+    n_attributes=16,
+    n_animals=24,
+    n_houses=8,
+    n_economies=8,
+    n_facts=2,
+    n_fact_answers=5,
+    holdout_fraction=0.3,
+    attribute_margin=0.25,
 )
 
 

@@ -195,13 +195,34 @@ def test_ci_masked_recon_ablates_components_with_ci_zero():
     assert spd_losses(cm, x, cfg, 1.0, torch.Generator())[1]["ci_masked_recon"].item() < 1e-10
 
 
-def test_the_removed_rounded_recon_term_is_refused_with_its_evidence():
-    """rounded_recon_coeff did worse than the continuous CI-masked term (results log, session 8): only 0 loads."""
-    from circuitdecomp.frozen import ConfigError
+def test_the_removed_rounded_recon_term_is_refused_by_name_and_old_files_still_load(tmp_path, capsys):
+    """rounded_recon_coeff did worse than the continuous CI-masked term (results log, session 8) and was removed: the
+    command line is refused with the reason, a saved decomposition listing it at 0 loads, one that used it is refused."""
+    import json
 
-    with pytest.raises(ConfigError, match=r"rounded_recon_coeff=1.0 was removed.*session 8"):
-        DecompositionConfig(rounded_recon_coeff=1.0)
-    assert DecompositionConfig(rounded_recon_coeff=0.0).rounded_recon_coeff == 0.0  # what saved decompositions hold
+    from conftest import tiny_mlp
+    from safetensors.torch import load_file, save_file
+
+    from circuitdecomp.cli import precheck_overrides
+    from circuitdecomp.decomp.api import Decomposition
+    from circuitdecomp.decomp.config import ModuleSpec
+    from circuitdecomp.decomp.model import ComponentModel
+    from circuitdecomp.runio import to_plain
+
+    with pytest.raises(SystemExit) as stop:
+        precheck_overrides(["decomposition.rounded_recon_coeff=1"])
+    assert stop.value.code == 2 and "rounded_recon_coeff was removed" in capsys.readouterr().err
+    cfg = DecompositionConfig(modules=[ModuleSpec("0", 3)], compile=False)
+    path = Decomposition(ComponentModel(tiny_mlp(), cfg), cfg).save(tmp_path / "d.safetensors")
+    tensors = load_file(path)
+    for value, loads in ((0.0, True), (0.5, False)):
+        old = {**to_plain(cfg), "rounded_recon_coeff": value}  # what a file saved before the removal holds
+        save_file(tensors, str(tmp_path / "old.safetensors"), {"config": json.dumps(old)})
+        if loads:
+            assert Decomposition.load(tmp_path / "old.safetensors", tiny_mlp().requires_grad_(False)).paths == ["0"]
+        else:
+            with pytest.raises(ValueError, match="rounded_recon_coeff=0.5, which was removed"):
+                Decomposition.load(tmp_path / "old.safetensors", tiny_mlp().requires_grad_(False))
 
 
 def test_every_loss_coefficient_has_one_term_and_every_term_a_coefficient():

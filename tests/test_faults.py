@@ -212,7 +212,9 @@ def test_weights_from_another_config_name_file_and_shapes(tmp_path):
 
 
 def test_ground_truth_file_with_missing_keys_names_file_and_keys(tmp_path):
-    world = make_world(WorldConfig(n_attributes=4, n_animals=6, n_houses=2, n_economies=2, n_facts=1, n_fact_answers=6), 0)
+    world = make_world(
+        WorldConfig(n_attributes=4, n_animals=6, n_houses=2, n_economies=2, n_facts=1, n_fact_answers=6, attribute_margin=0.25), 0
+    )
     save_world(world, tmp_path)
     assert "animal_directions" in load_world_tensors(tmp_path)
     tensors = load_tensors(tmp_path / WORLD_FILE)

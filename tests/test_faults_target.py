@@ -19,7 +19,15 @@ from circuitdecomp.world.config import WorldConfig
 from circuitdecomp.world.world import make_world
 
 TINY_WORLD = WorldConfig(
-    name="tiny", n_attributes=8, n_animals=24, n_houses=8, n_economies=8, n_facts=2, n_fact_answers=5, holdout_fraction=0.3
+    name="tiny",
+    n_attributes=8,
+    n_animals=24,
+    n_houses=8,
+    n_economies=8,
+    n_facts=2,
+    n_fact_answers=5,
+    holdout_fraction=0.3,
+    attribute_margin=0.25,
 )
 
 

@@ -120,7 +120,17 @@ def test_fit_sample_holds_every_question_entity_pair() -> None:
     from circuitdecomp.world.world import make_world
 
     world = make_world(
-        WorldConfig(n_animals=40, n_attributes=4, n_houses=3, n_economies=2, n_facts=3, n_fact_answers=4, d_model=16), seed=0
+        WorldConfig(
+            n_animals=40,
+            n_attributes=4,
+            n_houses=3,
+            n_economies=2,
+            n_facts=3,
+            n_fact_answers=4,
+            d_model=16,
+            attribute_margin=0.25,
+        ),
+        seed=0,
     )
     ex = world.examples
     pairs = set(zip(ex.qtype.tolist(), ex.entity.tolist()))

@@ -32,8 +32,6 @@ def test_dataclass_defaults_are_the_recipes_the_configs_use():
 
 
 def test_removed_and_idle_decomposition_keys_are_refused_naming_the_fix():
-    with pytest.raises(ConfigError, match=r"rounded_recon_coeff=0.5 was removed.*set it to 0"):
-        DecompositionConfig(rounded_recon_coeff=0.5)
     with pytest.raises(ConfigError, match=r"ci_init_from_data=true has no effect with ci_fn=shared_mlp"):
         DecompositionConfig(ci_init_from_data=True, ci_fn=CIFnType.shared_mlp)
     with pytest.raises(ConfigError, match=r"ci_init_from_data=true needs one hidden layer"):

@@ -47,6 +47,7 @@ def test_collect_gathers_runs_into_one_table(tmp_path):
         run = tmp_path / "sweep" / str(seed)
         save_config(run, {"decomposition": {"seed": seed}})
         update_metrics(run, {"decomp/mmcs": 0.5 + seed, "decomp/other": 1})
+        update_metrics(run / "spd_random_start", {"decomp/mmcs": 9.0})  # a stage's sub-dir: part of its run, no config
     table = collect([tmp_path / "sweep"], ["decomp/mmcs"], ["decomposition.seed"])
     assert table.columns == ["run", "decomposition.seed", "decomp/mmcs"]
     assert [row[1:] for row in table.rows] == [[0, 0.5], [1, 1.5]]

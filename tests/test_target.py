@@ -277,7 +277,9 @@ def test_attribute_circuits_of_the_planted_target_read_one_attribute_each(world,
     c = attribute_circuits(planted, world)
     assert torch.allclose(c.purity, torch.ones_like(c.purity), atol=1e-5)
     assert torch.equal(c.active_units, torch.full_like(c.active_units, 2.0))  # yes, no
-    big = make_world(WorldConfig(name="big", n_attributes=8, n_animals=400, n_houses=4, n_economies=4, n_facts=3), 0)
+    big = make_world(
+        WorldConfig(name="big", n_attributes=8, n_animals=400, n_houses=4, n_economies=4, n_facts=3, attribute_margin=0.25), 0
+    )
     from circuitdecomp.target.planted import planted_model
 
     c = attribute_circuits(planted_model(big, TransformerTargetConfig(kind=TargetKind.planted), 0), big)
@@ -298,7 +300,7 @@ def test_linear_ceiling_of_the_named_worlds_allows_99_percent():
         }
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(WorldConfig), keys))
         assert attribute_linear_ceiling(make_world(cfg, seed=0)) >= 0.995, name
-    few = WorldConfig(name="few", n_attributes=32, n_animals=128, n_houses=4, n_economies=4, n_facts=3)
+    few = WorldConfig(name="few", n_attributes=32, n_animals=128, n_houses=4, n_economies=4, n_facts=3, attribute_margin=0.25)
     assert attribute_linear_ceiling(make_world(few, seed=0)) < 0.97
 
 

@@ -14,7 +14,9 @@ from circuitdecomp.world.sampler import Sampler, true_coefficients
 from circuitdecomp.world.vocab import READOUT_POS, Modifier
 from circuitdecomp.world.world import make_world, save_world
 
-TINY = WorldConfig(name="tiny", n_attributes=8, n_animals=24, n_houses=6, n_economies=4, n_facts=2, n_fact_answers=5)
+TINY = WorldConfig(
+    name="tiny", n_attributes=8, n_animals=24, n_houses=6, n_economies=4, n_facts=2, n_fact_answers=5, attribute_margin=0.25
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def test_animals_live_in_the_attribute_span(world):
 
 
 def test_animal_attribute_cosines_are_near_one_over_sqrt_n():
-    cfg = WorldConfig(n_attributes=50, n_animals=1000, n_facts=4)
+    cfg = WorldConfig(n_attributes=50, n_animals=1000, n_facts=4, attribute_margin=0.25)
     w = make_world(cfg, seed=0)
     cos = (w.animal_directions @ w.attribute_directions.T).abs()
     # |cos| of a uniform unit vector with a fixed axis has mean sqrt(2/pi)/sqrt(n) and RMS 1/sqrt(n)
@@ -65,7 +67,9 @@ def test_same_seed_same_world_other_seed_other_world():
 
 @pytest.mark.parametrize("profile", list(ProfileKind))
 def test_every_profile_kind_builds(profile):
-    w = make_world(WorldConfig(n_attributes=16, n_animals=40, n_houses=0, n_economies=0, profile=profile), 0)
+    w = make_world(
+        WorldConfig(n_attributes=16, n_animals=40, n_houses=0, n_economies=0, profile=profile, attribute_margin=0.25), 0
+    )
     assert torch.isfinite(w.animal_directions).all()
     assert nearest_neighbour_cos(w.animal_directions).max() < 0.9999  # no two animals coincide
     assert len(w.examples) > 0

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from circuitdecomp.decomp import engine
 from circuitdecomp.decomp.adapters import WeightKind
 from circuitdecomp.decomp.components import MaskInfo
-from circuitdecomp.decomp.config import DecompositionConfig, ModuleSpec, OutputLoss
+from circuitdecomp.decomp.config import DecompositionConfig, ModuleSpec, OutputLoss, drop_retired
 from circuitdecomp.decomp.distributed import current_shard
 from circuitdecomp.decomp.losses import output_distance
 from circuitdecomp.decomp.model import ComponentModel, default_output
@@ -170,7 +170,7 @@ class Decomposition:
     @classmethod
     def load(cls, path: str | Path, model: nn.Module, output_fn: OutputFn = default_output) -> "Decomposition":
         """Rebuild a saved decomposition around the same (frozen) model."""
-        raw = engine.saved_config(path)
+        raw = drop_retired(engine.saved_config(path), str(path))
         spec_fields = {f.name: f.type for f in dataclasses.fields(ModuleSpec)}
         raw["modules"] = [ModuleSpec(**{k: _enum(spec_fields[k], v) for k, v in m.items()}) for m in raw["modules"]]
         fields = {f.name: f.type for f in dataclasses.fields(DecompositionConfig)}

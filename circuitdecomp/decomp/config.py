@@ -3,6 +3,7 @@
 import math
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from omegaconf import MISSING
 
@@ -144,10 +145,6 @@ class DecompositionConfig(Frozen):
     # spread over many redundant units can be dropped from CI at half its reconstruction cost (results log, session 6).
     # World: 1 (rounded-CI faithfulness 0.82 -> 0.99, session 7).
     ci_masked_recon_coeff: float = 0.0
-    # Removed, refused unless 0: the same with the CI rounded at 0.5 (straight-through gradient). Measured worse in
-    # place of the continuous term and beside it (results log, session 8). The key stays until decomp/terms.py drops
-    # its row, and so that saved decompositions (which list every key) still load with a message.
-    rounded_recon_coeff: float = 0.0
     importance_coeff: float = 3e-3  # the paper's TMS 5-2 value; world: 1e-2 (results log, sessions 6-7)
     # Minimality ramps up linearly over this fraction of the steps: rare circuits (inputs seen once every few steps)
     # get their CI functions from reconstruction before sparsity can switch them off (docs/results_log.md).
@@ -208,7 +205,6 @@ class DecompositionConfig(Frozen):
             "layerwise_recon_coeff",
             "subset_recon_coeff",
             "ci_masked_recon_coeff",
-            "rounded_recon_coeff",
             "importance_beta",
         ):
             check(getattr(self, name) >= 0, f"decomposition.{name}={getattr(self, name)} must be >= 0 (0 switches it off)")
@@ -239,11 +235,6 @@ class DecompositionConfig(Frozen):
             len(self.ci_hidden) >= 1 and min(self.ci_hidden) >= 1,
             f"decomposition.ci_hidden={list(self.ci_hidden)} needs at least one positive width",
         )
-        check(
-            self.rounded_recon_coeff == 0,
-            f"decomposition.rounded_recon_coeff={self.rounded_recon_coeff} was removed: it did worse than the continuous "
-            "ci_masked_recon_coeff, in its place and beside it (docs/results_log.md, session 8); set it to 0",
-        )
         if self.ci_init_from_data:
             check(
                 self.ci_fn is CIFnType.mlp,
@@ -261,3 +252,22 @@ class DecompositionConfig(Frozen):
             "effect without pnorm_final: set decomposition.pnorm_final, or leave the window at 0 and 1",
         )
         super().__post_init__()
+
+
+# Keys that were removed, with the value that meant "off" and why they went: a command line naming one is refused
+# with the reason (cli.precheck_overrides), and a saved decomposition listing one at its off value still loads.
+RETIRED: dict[str, tuple[Any, str]] = {
+    "rounded_recon_coeff": (
+        0.0,
+        "reconstruction with CI rounded at 0.5 did worse than ci_masked_recon_coeff, in its place and beside it "
+        "(docs/results_log.md, session 8)",
+    ),
+}
+
+
+def drop_retired(saved: dict[str, Any], where: str) -> dict[str, Any]:
+    """A saved decomposition config without its retired keys; a retired key set to anything but off is refused."""
+    for key, (off, why) in RETIRED.items():
+        if key in saved and saved[key] != off:
+            raise ValueError(f"{where} was made with decomposition.{key}={saved[key]}, which was removed: {why}")
+    return {k: v for k, v in saved.items() if k not in RETIRED}

@@ -81,11 +81,6 @@ TERMS: tuple[Term, ...] = (
         "ci_masked_recon_coeff",
         lambda s: L.output_distance(s.run(L.ci_masks(s.ci.lower, s.cfg.use_delta)), s.target_out, s.cfg.output_loss),
     ),
-    Term(
-        "rounded_recon",
-        "rounded_recon_coeff",
-        lambda s: L.output_distance(s.run(L.rounded_ci_masks_ste(s.ci.lower, s.cfg.use_delta)), s.target_out, s.cfg.output_loss),
-    ),
     Term("importance_minimality", "importance_coeff", _importance, always=True, ramp=_importance_ramp),
 )
 
