@@ -19,14 +19,13 @@ from circuitdecomp.evaluate.config import EvaluationConfig
 from circuitdecomp.features.config import FeaturesConfig
 from circuitdecomp.frozen import Frozen, check
 from circuitdecomp.target.config import (
-    ResidMLPConfig,
     TargetConfig,
     TargetKind,
-    TMSConfig,
     TransformerTargetConfig,
     check_mix,
     default_decompose_mix,
 )
+from circuitdecomp.toys.config import ResidMLPConfig, TMSConfig
 from circuitdecomp.tracking import TrackingConfig
 from circuitdecomp.world.config import WorldConfig
 

@@ -18,7 +18,7 @@ from circuitdecomp.decomp.allocator import keep_freed_memory
 from circuitdecomp.decomp.config import DecompositionConfig, ModuleSpec
 from circuitdecomp.decomp.model import ComponentModel
 from circuitdecomp.decomp.train import fresh_state, spd_losses
-from circuitdecomp.target.config import ResidMLPConfig, TMSConfig
+from circuitdecomp.toys.config import ResidMLPConfig, TMSConfig
 from circuitdecomp.toys.data import sparse_features
 from circuitdecomp.toys.resid_mlp import ResidMLP, resid_labels
 from circuitdecomp.toys.tms import TMS

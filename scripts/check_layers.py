@@ -22,7 +22,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "toys": FOUNDATION | {"decomp", "evaluate", "target", "config"},
     "baselines": FOUNDATION | {"world", "evaluate", "target", "config"},  # never the pipeline
     "pipeline": FOUNDATION | {"world", "target", "decomp", "features", "evaluate", "baselines", "config"},
-    "config": FOUNDATION | {"world", "target", "decomp", "features", "evaluate", "baselines"},  # their config schemas only
+    "config": FOUNDATION | {"world", "target", "toys", "decomp", "features", "evaluate", "baselines"},  # config schemas only
     "cli": FOUNDATION | {"config"},
     "collect": FOUNDATION,
     "__init__": frozenset({"decomp"}),  # the package re-exports the public API

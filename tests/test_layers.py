@@ -35,6 +35,6 @@ def test_an_import_against_the_layering_is_reported_with_file_line_and_rule(tmp_
         "circuitdecomp/baselines/mod.py:1: baselines imports circuitdecomp.pipeline.run (allowed: checkpoint, config, "
         "evaluate, frozen, interrupt, progress, rundir, runio, target, tracking, world)",
         "circuitdecomp/config.py:1: config imports circuitdecomp.decomp.train (allowed: the `config` modules of baselines, "
-        "checkpoint, decomp, evaluate, features, frozen, interrupt, progress, rundir, runio, target, tracking, world)",
+        "checkpoint, decomp, evaluate, features, frozen, interrupt, progress, rundir, runio, target, toys, tracking, world)",
         f"circuitdecomp/decomp/mod.py:2: decomp imports circuitdecomp.world.world (allowed: {foundation})",
     ]

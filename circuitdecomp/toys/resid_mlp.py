@@ -8,7 +8,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from circuitdecomp.progress import progress
-from circuitdecomp.target.config import ResidMLPConfig
+from circuitdecomp.toys.config import ResidMLPConfig
 from circuitdecomp.toys.data import sparse_features
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ from circuitdecomp.decomp.pgd import pgd_recon_loss
 from circuitdecomp.frozen import ConfigError
 from circuitdecomp.rundir import TARGET_FILE
 from circuitdecomp.runio import Metrics, load_module_state, save_figure, save_tensors, update_metrics
-from circuitdecomp.target.config import ResidMLPConfig, TMSConfig
 from circuitdecomp.toys import resid_mlp, tms
+from circuitdecomp.toys.config import ResidMLPConfig, TMSConfig
 from circuitdecomp.toys.data import sparse_features
 from circuitdecomp.toys.evaluate import evaluate_toy, one_hot_ci
 from circuitdecomp.toys.plots import ci_heatmap, close_figure
