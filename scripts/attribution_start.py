@@ -1,0 +1,100 @@
+"""Diagnostic (no ground truth in the init): SPD on the MLP-in started at the directions the target's answers attribute to.
+
+For each attribute question (a question token of the vocabulary; its inputs are the training rows that ask it), the
+gradient of the answer's logit difference (yes - no) at the read-out position with respect to the MLP's input, averaged
+over those rows, is the direction the MLP reads to decide that question. The MLP-in components start at those
+directions (orthonormalised, then completed to a basis of the residual, ΣUV = W exactly), and SPD trains from there
+with the config's decomposition settings, like `scripts/truth_start.py` but with nothing of the world's ground truth.
+The directions themselves are the control (`attributions read directly`): their best |cos| with the attributes is
+printed before training, so what SPD adds to them is the difference.
+
+    python scripts/attribution_start.py hydra.run.dir=runs/pipeline/<copy of a target run> target=trained \\
+        'decomposition.modules=[{pattern: "blocks.*.mlp.in", C: 128}]' decomposition.output_loss=kl ...
+    python scripts/alignment.py runs/pipeline/<same dir>
+
+Ground truth is read only to print the scores (a scoring use).
+"""
+
+from pathlib import Path
+
+import torch
+
+from circuitdecomp.cli import hydra_script
+from circuitdecomp.config import Config
+from circuitdecomp.tracking import Logger
+
+MODULE = "blocks.0.mlp.in"
+
+
+def attribution_directions(model: torch.nn.Module, world, n_rows: int = 256) -> torch.Tensor:
+    """[n_attribute_questions, d_model]: per attribute question, the mean gradient of logit(yes) - logit(no) at the
+    read-out position with respect to the MLP-in's input there, over up to `n_rows` of its training rows (unit rows)."""
+    from circuitdecomp.world.question_types import ids_reading
+
+    ex = world.examples
+    attribute_types = ids_reading("attributes")
+    captured: list[torch.Tensor] = []
+
+    def keep_input(module, args):
+        x = args[0].detach().requires_grad_(True)
+        captured.append(x)
+        return (x, *args[1:])
+
+    handle = model.blocks[0].mlp.get_submodule("in").register_forward_pre_hook(keep_input)
+    out = []
+    try:
+        for q in range(world.vocab.n_attribute_questions):
+            rows = ((ex.question == q) & ex.is_train & torch.isin(ex.qtype, attribute_types)).nonzero().flatten()[:n_rows]
+            captured.clear()
+            logits = model(ex.tokens[rows])[:, -1]
+            (logits[:, world.vocab.yes] - logits[:, world.vocab.no]).sum().backward()
+            grad = captured[0].grad[:, -1]  # [rows, d_model] at the read-out position
+            g = grad.mean(0)
+            out.append(g / g.norm())
+    finally:
+        handle.remove()
+    return torch.stack(out)
+
+
+@hydra_script("attribution_start")
+def main(cfg: Config, out_dir: Path, logger: Logger) -> None:
+    from circuitdecomp.frozen import ConfigError
+    from circuitdecomp.pipeline.decompose import component_model, decompose_target
+    from circuitdecomp.target.model import load_model
+    from circuitdecomp.world.world import make_world
+
+    world = make_world(cfg.world, cfg.seed)
+    model = load_model(world, cfg.target, cfg.seed, out_dir)
+    G = attribution_directions(model, world)  # [n_q, d_model]
+    E = world.geometry.entity_basis
+    asked = torch.tensor(world.cfg.asked_attributes)
+    read = E.T @ (E @ G.T)  # entity part of each direction (scoring only)
+    read = read / read.norm(dim=0, keepdim=True).clamp_min(1e-12)
+    own = (world.attribute_directions[asked] @ read).diagonal().abs()
+    best = (world.attribute_directions @ read).abs().amax(1)
+    print(
+        f"attributions read directly: |cos| of each question's direction (entity part) with its own u_j: min {own.min():.3f} "
+        f"median {own.median():.3f}; best |cos| per attribute min {best.min():.3f} median {best.median():.3f}; "
+        f"share of each direction inside the entity span: median {(E @ G.T).norm(dim=0).median():.3f}"
+    )
+    cm = component_model(model, cfg, world)
+    comp = cm.component(MODULE)
+    d = G.shape[1]
+    if comp.C < d:
+        raise ConfigError(f"{MODULE} has C={comp.C} components; the attribution start needs >= {d} (d_model)")
+    gen = torch.Generator().manual_seed(cfg.seed + 5)
+    basis, _ = torch.linalg.qr(torch.cat([G.T, torch.randn(d, d - G.shape[0], generator=gen)], dim=1))  # [d, d]
+    with torch.no_grad():
+        W = comp.target_weight()
+        comp.V[:, :d] = basis
+        comp.U[:d] = (W @ basis).T
+        comp.V[:, d:] *= 1e-3
+        comp.U[d:] *= 1e-3
+    _, metrics = decompose_target(cfg, world, model, out_dir, logger, cm=cm)
+    for key in sorted(metrics):
+        if key.startswith(("decomp/final/", "decomp/ci_l0/", "decomp/faithfulness/components/relative")):
+            print(f"{key}: {metrics[key]:.4g}")
+
+
+if __name__ == "__main__":
+    main()
