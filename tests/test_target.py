@@ -261,7 +261,7 @@ def test_templates_make_one_lookup_unit_per_animal_free_units_are_shared_and_gro
     # 1.547 on this 2-core machine at a75ca64 as well (the 300-step target sits near the old 1.5 line); free units: > 5
     assert metrics["templates"]["target/circuits/animals_per_lookup_unit"] <= 2.0
     assert metrics["templates"]["target/circuits/lookup_read_cos_v"] > 0.95
-    assert metrics["free"]["target/circuits/animals_per_lookup_unit"] > 5  # DESIGN §6: free look-up units are shared
+    assert metrics["free"]["target/circuits/animals_per_lookup_unit"] > 5  # free look-up units are shared (docs/targets.md)
     # shared attribute units: ~100 per question (measured 106); per-question groups of 4: the group and a few others
     assert metrics["templates"]["target/circuits/attribute_units_per_question"] > 50
     assert metrics["groups"]["target/circuits/attribute_units_per_question"] < 10

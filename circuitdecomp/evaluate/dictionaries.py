@@ -2,7 +2,7 @@
 
 * planted: the true features themselves, every metric ≈ 1;
 * half-size: both families with halved coefficients. When every family describes the same activation
-  (`a = Σ_i c_i v_i = Σ_j c'_j u_j`, DESIGN §1) it reconstructs `a` exactly with perfect directions, yet each
+  (`a = Σ_i c_i v_i = Σ_j c'_j u_j`, docs/world.md) it reconstructs `a` exactly with perfect directions, yet each
   coefficient has slope 0.5: the best a single dictionary holding both families can do;
 * one family only: what an SAE that found the animals has;
 * random: isotropic unit directions, against the analytic (and Monte-Carlo, for Hungarian) chance level.
