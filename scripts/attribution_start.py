@@ -29,10 +29,7 @@ MODULE = "blocks.0.mlp.in"
 def attribution_directions(model: torch.nn.Module, world, n_rows: int = 256) -> torch.Tensor:
     """[n_attribute_questions, d_model]: per attribute question, the mean gradient of logit(yes) - logit(no) at the
     read-out position with respect to the MLP-in's input there, over up to `n_rows` of its training rows (unit rows)."""
-    from circuitdecomp.world.question_types import ids_reading
-
-    ex = world.examples
-    attribute_types = ids_reading("attributes")
+    ex = world.examples  # inputs and the question each asks (its token): no ground truth
     captured: list[torch.Tensor] = []
 
     def keep_input(module, args):
@@ -44,7 +41,7 @@ def attribution_directions(model: torch.nn.Module, world, n_rows: int = 256) -> 
     out = []
     try:
         for q in range(world.vocab.n_attribute_questions):
-            rows = ((ex.question == q) & ex.is_train & torch.isin(ex.qtype, attribute_types)).nonzero().flatten()[:n_rows]
+            rows = ((ex.question == q) & ex.is_train).nonzero().flatten()[:n_rows]  # yes/no questions come first
             captured.clear()
             logits = model(ex.tokens[rows])[:, -1]
             (logits[:, world.vocab.yes] - logits[:, world.vocab.no]).sum().backward()

@@ -100,3 +100,19 @@ def test_a_run_made_before_the_rule_loads_its_templated_target_as_templated():
     assert legacy_target(old)["kind"] == "templated" and old["kind"] == "trained"  # the saved dict is left alone
     assert legacy_target({"kind": "trained", "animal_templates": False})["kind"] == "trained"
     assert legacy_target({"kind": "planted"})["kind"] == "planted"
+
+
+def test_attribution_directions_of_the_planted_target_are_its_attribute_reads(world, planted):
+    """scripts/attribution_start.py's start reads no ground truth; on the planted target, whose attribute circuits read u_j and
+    nothing else, the mean answer gradient per yes/no question is u_j; a random direction would sit near 0."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("attribution_start", f"{REPO}/scripts/attribution_start.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    G = module.attribution_directions(planted, guarded(world))  # reads no ground truth (the guard raises if it does)
+    E = world.geometry.entity_basis
+    read = E.T @ (E @ G.T)
+    read = read / read.norm(dim=0)
+    own = (world.attribute_directions[torch.tensor(world.cfg.asked_attributes)] @ read).diagonal().abs()
+    assert G.shape == (world.vocab.n_attribute_questions, world.cfg.resid_dim) and own.min() > 0.99
