@@ -6,7 +6,8 @@ over those rows, is the direction the MLP reads to decide that question. The MLP
 directions (orthonormalised, then completed to a basis of the residual, ΣUV = W exactly), and SPD trains from there
 with the config's decomposition settings, like `scripts/truth_start.py` but with nothing of the world's ground truth.
 The directions themselves are the control (`attributions read directly`): their best |cos| with the attributes is
-printed before training, so what SPD adds to them is the difference.
+printed before training, and after it they are scored as a dictionary (values = projections of the MLP's input) by the
+pipeline's code, into `controls/attributions/recovery/...` of metrics.json, so what SPD adds to them is the difference.
 
     python scripts/attribution_start.py hydra.run.dir=runs/pipeline/<copy of a target run> target=trained \\
         'decomposition.modules=[{pattern: "blocks.*.mlp.in", C: 128}]' decomposition.output_loss=kl ...
@@ -53,10 +54,30 @@ def attribution_directions(model: torch.nn.Module, world, n_rows: int = 256) -> 
     return torch.stack(out)
 
 
+@torch.no_grad()
+def score_read_directly(model: torch.nn.Module, world, G: torch.Tensor, n_inputs: int, run_seed: int) -> dict[str, float]:
+    """The control: the attribution directions as a dictionary, values = projections of the MLP's input at the read-out
+    position, scored by the pipeline's code on the inputs the features stage scores on (a scoring use of ground truth)."""
+    from circuitdecomp.evaluate.recovery import Units, score_recovery, to_metrics
+    from circuitdecomp.evaluate.truth import ground_truth
+    from circuitdecomp.world.sampler import held_out_batch
+
+    held = held_out_batch(world, n_inputs, run_seed)
+    seen: list[torch.Tensor] = []
+    handle = model.blocks[0].mlp.get_submodule("in").register_forward_pre_hook(lambda m, a: seen.append(a[0][:, -1]))
+    try:
+        model(held.tokens)
+    finally:
+        handle.remove()
+    result = score_recovery(Units(G, seen[0] @ G.T), ground_truth(world, held), simplicity=False)
+    return to_metrics(result, "controls/attributions/recovery")
+
+
 @hydra_script("attribution_start")
 def main(cfg: Config, out_dir: Path, logger: Logger) -> None:
     from circuitdecomp.frozen import ConfigError
     from circuitdecomp.pipeline.decompose import component_model, decompose_target
+    from circuitdecomp.runio import update_metrics
     from circuitdecomp.target.model import load_model
     from circuitdecomp.world.world import make_world
 
@@ -88,6 +109,14 @@ def main(cfg: Config, out_dir: Path, logger: Logger) -> None:
         comp.V[:, d:] *= 1e-3
         comp.U[d:] *= 1e-3
     _, metrics = decompose_target(cfg, world, model, out_dir, logger, cm=cm)
+    control = score_read_directly(model, world, G, cfg.evaluation.n_inputs, cfg.seed)
+    update_metrics(out_dir, control)
+    for family in ("animals", "attributes"):
+        key = f"controls/attributions/recovery/{family}"
+        print(
+            f"{key}: one-to-one at |cos| >= 0.9 {control[key + '/one_to_one_frac_cos90']:.3f}, "
+            f"coefficient recall {control[key + '/one_to_one_coef_recall']:.3f}"
+        )
     for key in sorted(metrics):
         if key.startswith(("decomp/final/", "decomp/ci_l0/", "decomp/faithfulness/components/relative")):
             print(f"{key}: {metrics[key]:.4g}")
