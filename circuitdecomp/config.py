@@ -41,6 +41,15 @@ class Stage(str, Enum):
     report = "report"  # report.md
 
 
+class SpdStart(str, Enum):
+    """Where the animal world's decomposition starts (scripts/pipeline.py)."""
+
+    recipe = "recipe"  # as decomposition.init says (the world recipe: the target's units)
+    # Experimental: the MLP-in's components at the target's answer gradients per yes/no question, no ground truth
+    # (pipeline/attributions.py). On the default target: attributes 1.000 one-to-one vs 0.031 (docs/targets.md).
+    attributions = "attributions"
+
+
 @dataclass
 class Config(Frozen):
     """Everything a run needs; `seed` seeds world, target and decomposition."""
@@ -59,6 +68,7 @@ class Config(Frozen):
     # The defaults are each type's `decompose_weight` in circuitdecomp/world/question_types.py: rare circuits (one
     # look-up per animal) need their inputs often enough per batch to win against the minimality term.
     decompose_mix: dict[str, float] = field(default_factory=default_decompose_mix)
+    spd_start: SpdStart = SpdStart.recipe
 
     def __post_init__(self) -> None:
         check(self.seed >= 0, f"seed={self.seed} must be >= 0")

@@ -16,6 +16,10 @@ from tests.conftest import REPO
 
 
 def _composed_target(*overrides: str) -> TransformerTargetConfig:
+    return _composed_config(*overrides).target
+
+
+def _composed_config(*overrides: str):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -24,7 +28,7 @@ def _composed_target(*overrides: str) -> TransformerTargetConfig:
     register()
     with initialize_config_dir(config_dir=f"{REPO}/configs", version_base="1.3"):
         raw = compose(config_name="config", overrides=list(overrides))
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), raw)).target
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), raw))
 
 
 def _quick(cfg: TransformerTargetConfig) -> TransformerTargetConfig:
@@ -103,16 +107,40 @@ def test_a_run_made_before_the_rule_loads_its_templated_target_as_templated():
 
 
 def test_attribution_directions_of_the_planted_target_are_its_attribute_reads(world, planted):
-    """scripts/attribution_start.py's start reads no ground truth; on the planted target, whose attribute circuits read u_j and
+    """pipeline/attributions.py reads no ground truth; on the planted target, whose attribute circuits read u_j and
     nothing else, the mean answer gradient per yes/no question is u_j; a random direction would sit near 0."""
-    import importlib.util
+    from circuitdecomp.pipeline.attributions import answer_attributions
 
-    spec = importlib.util.spec_from_file_location("attribution_start", f"{REPO}/scripts/attribution_start.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    G = module.attribution_directions(planted, guarded(world))  # reads no ground truth (the guard raises if it does)
+    G = answer_attributions(planted, guarded(world))  # the guard raises on any ground-truth read
     E = world.geometry.entity_basis
     read = E.T @ (E @ G.T)
     read = read / read.norm(dim=0)
     own = (world.attribute_directions[torch.tensor(world.cfg.asked_attributes)] @ read).diagonal().abs()
     assert G.shape == (world.vocab.n_attribute_questions, world.cfg.resid_dim) and own.min() > 0.99
+
+
+def test_spd_start_attributions_starts_the_mlp_in_there_exactly(world, planted):
+    """`spd_start=attributions`: the MLP-in's first components are the orthonormalised answer gradients, and the
+    components still sum to the target's weight (the start changes no behaviour)."""
+    import dataclasses
+
+    from circuitdecomp.config import SpdStart
+    from circuitdecomp.decomp.config import DecompositionConfig, ModuleSpec
+    from circuitdecomp.pipeline.attributions import MODULE, answer_attributions, start_at
+    from circuitdecomp.pipeline.decompose import component_model
+
+    cfg = _composed_config("spd_start=attributions")
+    assert cfg.spd_start is SpdStart.attributions
+    d = world.cfg.resid_dim
+    cfg = dataclasses.replace(cfg, decomposition=DecompositionConfig(modules=[ModuleSpec(MODULE, d)], compile=False))
+    cm = component_model(planted, cfg, world)
+    G = answer_attributions(planted, guarded(world))
+    start_at(cm, G, seed=0)
+    comp = cm.component(MODULE)
+    V = comp.V.detach()[:, : len(G)]
+    assert torch.allclose(V.T @ V, torch.eye(len(G)), atol=1e-5)
+    assert torch.allclose(torch.linalg.svdvals(V.T @ G.T), torch.ones(len(G)), atol=1e-4)  # same span as G
+    assert torch.allclose(comp.weight_delta(), torch.zeros_like(comp.weight_delta()), atol=1e-5)
+    with pytest.raises(ValueError, match="C=8 components; the attribution start needs >= "):
+        small = dataclasses.replace(cfg, decomposition=DecompositionConfig(modules=[ModuleSpec(MODULE, 8)], compile=False))
+        start_at(component_model(planted, small, world), G, seed=0)

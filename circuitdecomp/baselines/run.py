@@ -39,6 +39,7 @@ FEATURES, HALF_SIZE, RANDOM = "features from circuits", "half-size dictionary", 
 FEATURES_RANDOM_START = "features from circuits, SPD from a random start"
 NEURONS = "no decomposition: the target's own units"
 RANDOM_DIRECTIONS = "random directions, as many as the features"
+ATTRIBUTIONS = "no decomposition: the answer gradient per yes/no question"
 
 
 def saved_row(path: Path, prefix: str, name: str, data: ReadoutData, size_attribute: int, recovery: RecoveryConfig) -> Row | None:
@@ -47,6 +48,8 @@ def saved_row(path: Path, prefix: str, name: str, data: ReadoutData, size_attrib
     if not path.exists():
         return None
     saved = load_tensors(path)
+    if prefix == "attributions/" and f"{prefix}directions" not in saved:
+        return None  # controls saved before the attribution control existed
     require_keys(saved, [f"{prefix}directions", f"{prefix}values"], path)
     n_inputs, n_units = saved[f"{prefix}values"].shape
     check(
@@ -70,6 +73,7 @@ def decomposition_rows(run_dir: Path, data: ReadoutData, size_attribute: int, re
         (run_dir / FEATURES_FILE, "", FEATURES),
         (run_dir / RANDOM_START / FEATURES_FILE, "", FEATURES_RANDOM_START),
         (run_dir / CONTROLS_FILE, "neurons/", NEURONS),
+        (run_dir / CONTROLS_FILE, "attributions/", ATTRIBUTIONS),
         (run_dir / CONTROLS_FILE, "random/", RANDOM_DIRECTIONS),
     ]
     rows = [saved_row(path, prefix, name, data, size_attribute, recovery) for path, prefix, name in sources]

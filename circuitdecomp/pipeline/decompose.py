@@ -14,12 +14,14 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from circuitdecomp.config import Config
+from circuitdecomp.config import Config, SpdStart
 from circuitdecomp.decomp import engine
 from circuitdecomp.decomp.components import MaskInfo
 from circuitdecomp.decomp.losses import ci_masks, rounded_ci_masks_ste
 from circuitdecomp.decomp.model import ComponentModel
 from circuitdecomp.decomp.train import ci_l0
+from circuitdecomp.pipeline.attributions import MODULE as ATTRIBUTED
+from circuitdecomp.pipeline.attributions import answer_attributions, start_at
 from circuitdecomp.runio import Metrics, save_figure, update_metrics
 from circuitdecomp.tracking import Logger
 from circuitdecomp.world.question_types import NAMES
@@ -222,12 +224,16 @@ def decompose_target(
     """SPD on the world's target (resumes from out_dir's checkpoints); saves decomposition + checks + CI figure.
 
     `cm`: a component model built by `component_model` whose components the caller has set (a diagnostic start,
-    e.g. scripts/truth_start.py); None builds it from `decomposition.init`.
+    e.g. scripts/truth_start.py); None builds it from `decomposition.init`, then applies `spd_start`.
     """
     out_dir = Path(out_dir)
     d = cfg.decomposition
     seed = engine.resolve_seed(d, cfg.seed)
-    cm = component_model(model, cfg, world) if cm is None else cm
+    if cm is None:
+        cm = component_model(model, cfg, world)
+        if cfg.spd_start is SpdStart.attributions:  # no ground truth: the target's own answer gradients
+            start_at(cm, answer_attributions(model, world), seed)
+            log.info("spd_start=attributions: %s starts at the answer gradients of each yes/no question", ATTRIBUTED)
     mix = dict(cfg.decompose_mix)
     sampler = Sampler(world.examples, mix, seed)
     held = held_out_batch(world, cfg.evaluation.n_inputs, cfg.seed)

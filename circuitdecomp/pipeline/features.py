@@ -19,6 +19,7 @@ from circuitdecomp.evaluate.truth import ground_truth
 from circuitdecomp.features.config import Projection
 from circuitdecomp.features.controls import neuron_candidates, random_directions
 from circuitdecomp.features.extract import Candidate, Features, apply_features, candidates, extract_features, matches
+from circuitdecomp.pipeline.attributions import answer_attributions, mlp_inputs
 from circuitdecomp.rundir import CONTROLS_FILE, FEATURES_FILE
 from circuitdecomp.runio import Metrics, atomic_write, save_figure, save_tensors, update_metrics
 from circuitdecomp.tracking import Logger
@@ -195,6 +196,9 @@ def _score(
 
 
 def _controls(
+    model: nn.Module,
+    world: World,
+    examples: Examples,
     neurons: list[Candidate],
     resid_fit: Tensor,
     resid: Tensor,
@@ -204,8 +208,10 @@ def _controls(
     cfg: Config,
     out_dir: Path,
 ) -> Metrics:
-    """The neuron control (the target's units through the same extraction) and the random control (as many random
-    directions as features), scored and saved in `controls.safetensors`."""
+    """The neuron control (the target's units through the same extraction), the random control (as many random
+    directions as features) and the attribution control (the answer gradient per yes/no question, `spd_start=
+    attributions`' start, read directly: values = projections of the MLP's input), scored and saved in
+    `controls.safetensors`."""
     n = apply_features(extract_features(neurons, resid_fit, basis, cfg.features), resid)
     rand = random_directions(n_features, resid.shape[-1], cfg.seed + 17)
     rand_values = resid @ rand.T  # ungated projections
@@ -216,9 +222,24 @@ def _controls(
         cfg,
         "controls/random/recovery",
     )[0]
+    attr = answer_attributions(model, world)
+    attr_values = mlp_inputs(model, examples.tokens) @ attr.T
+    metrics |= _score(
+        Features(attr, attr_values, torch.full((len(attr),), float("-inf")), torch.ones(len(attr))),
+        truth,
+        cfg,
+        "controls/attributions/recovery",
+    )[0]
     save_tensors(
         out_dir / CONTROLS_FILE,
-        {"neurons/directions": n.directions, "neurons/values": n.values, "random/directions": rand, "random/values": rand_values},
+        {
+            "neurons/directions": n.directions,
+            "neurons/values": n.values,
+            "random/directions": rand,
+            "random/values": rand_values,
+            "attributions/directions": attr,
+            "attributions/values": attr_values,
+        },
     )
     log.info("controls: %d features from the target's own units, %d random directions", len(n), len(rand))
     return metrics
@@ -236,7 +257,7 @@ def features_stage(
     controls: bool = True,
 ) -> tuple[Features, Metrics]:
     """Extract, save and score the features from circuits and the controls; metrics `recovery/...` (the configured
-    projection), `recovery_<raw|data|tokens>/...` (each projection), `controls/<neurons|random>/recovery/...` and
+    projection), `recovery_<raw|data|tokens>/...` (each projection), `controls/<neurons|random|attributions>/recovery/...` and
     `features/...`. Features are fitted on inputs disjoint from the scored `examples`. `controls=False` skips the
     controls (a second decomposition of the same target has the same ones)."""
     fc = cfg.features
@@ -267,7 +288,7 @@ def features_stage(
             feats, result = f, r
             metrics |= {k.replace(PROJECTION_PREFIX[kind], "recovery", 1): v for k, v in m.items()}
             if controls:
-                metrics |= _controls(neurons, resid_fit, resid, basis, len(f), truth, cfg, out_dir)
+                metrics |= _controls(model, world, examples, neurons, resid_fit, resid, basis, len(f), truth, cfg, out_dir)
     save_features(out_dir, feats)
     metrics |= {
         "features/n_features": len(feats),

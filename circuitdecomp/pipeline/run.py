@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torch import nn
 
-from circuitdecomp.config import Config, Stage
+from circuitdecomp.config import Config, SpdStart, Stage
 from circuitdecomp.decomp.config import InitKind
 from circuitdecomp.rundir import DECOMPOSITION_FILE, RANDOM_START, TARGET_FILE
 from circuitdecomp.runio import Metrics, load_metrics, update_metrics
@@ -63,7 +63,8 @@ def random_start(cfg: Config, world: World, model: nn.Module, held: Examples, ru
         return
     sub = run_dir / RANDOM_START
     sub.mkdir(exist_ok=True)
-    rcfg = dataclasses.replace(cfg, decomposition=dataclasses.replace(cfg.decomposition, init=InitKind.random))
+    random_init = dataclasses.replace(cfg.decomposition, init=InitKind.random)
+    rcfg = dataclasses.replace(cfg, decomposition=random_init, spd_start=SpdStart.recipe)
     sub_logger = PrefixedLogger(logger, RANDOM_START)
     log.info("stage random_start: SPD from a random start in %s", sub)
     with _timed(Stage.random_start, run_dir, record=not (sub / DECOMPOSITION_FILE).exists()):  # a loaded one keeps its time
